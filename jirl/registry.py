@@ -7,9 +7,13 @@ is a single decorated definition rather than another branch in an if-chain.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
+
+
+class UnknownNameError(LookupError):
+    """A registry lookup of a name that was never registered."""
 
 
 class Registry(Generic[T]):
@@ -32,7 +36,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise KeyError(self.unknown_message(name))
+            raise UnknownNameError(self.unknown_message(name))
         return self._items[name]
 
     def unknown_message(self, name: str) -> str:
@@ -53,5 +57,3 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-
-Factory = Callable[..., T]
