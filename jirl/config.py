@@ -1,0 +1,324 @@
+"""Typed dataclass configs that can be overridden from the command line.
+
+A config is a (possibly nested) dataclass. Fields are addressed by dotted keys such as
+``model.d_model`` and overridden with ``key=value`` strings, parsed according to the field's
+annotation. Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
+``X | None``, ``tuple[X, ...]`` and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+
+C = TypeVar("C")
+
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+NONE_WORDS = ("none", "null")
+
+
+class JirlError(Exception):
+    """Base class for errors caused by user input; the CLI reports them without a traceback."""
+
+
+class ConfigError(JirlError, ValueError):
+    """An override or stored config that does not fit the config class."""
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def field_annotations(cls: type) -> dict[str, Any]:
+    """Resolved annotations of the init fields of dataclass ``cls``, in field order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def is_config_class(annotation: Any) -> bool:
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
+
+
+def leaf_annotations(cls: type, prefix: str = "") -> dict[str, Any]:
+    """Map every settable dotted key of config class ``cls`` to its annotation."""
+    leaves: dict[str, Any] = {}
+    for name, annotation in field_annotations(cls).items():
+        key = prefix + name
+        if is_config_class(annotation):
+            leaves.update(leaf_annotations(annotation, prefix=key + "."))
+        else:
+            leaves[key] = annotation
+    return leaves
+
+
+def is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (Union, types.UnionType)
+
+
+def union_members(annotation: Any) -> tuple[list[Any], bool]:
+    """The non-None members of a union and whether None is allowed."""
+    members = typing.get_args(annotation)
+    return [m for m in members if m is not type(None)], type(None) in members
+
+
+def tuple_item_types(annotation: Any, length: int) -> list[Any]:
+    """Per-item annotations of a ``tuple[...]`` annotation for a value of ``length`` items."""
+    args = typing.get_args(annotation)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return [args[0]] * length
+    if len(args) != length:
+        raise ValueError(f"expected {len(args)} items, got {length}")
+    return list(args)
+
+
+def describe_type(annotation: Any) -> str:
+    """Phrase such as 'an int' or 'one of 'a', 'b'' used in error messages."""
+    simple = {int: "an int", float: "a float", str: "a string", bool: "a bool (true/false)"}
+    if annotation in simple:
+        return simple[annotation]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(annotation))
+    if is_union(annotation):
+        members, allows_none = union_members(annotation)
+        phrase = " or ".join(describe_type(m) for m in members)
+        return phrase + " or none" if allows_none else phrase
+    if origin is tuple:
+        item_names = [format_type(t) for t in typing.get_args(annotation) if t is not Ellipsis]
+        return f"a comma-separated list of {' and '.join(sorted(set(item_names)))} values"
+    return format_type(annotation)
+
+
+def format_type(annotation: Any) -> str:
+    """Short display form of an annotation, e.g. 'int', 'tuple[float, ...]'."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return repr(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+# --------------------------------------------------------------------------- parsing text
+
+
+def parse_text(text: str, annotation: Any) -> Any:
+    """Parse command-line ``text`` as ``annotation``; raise ValueError if it does not fit."""
+    if annotation is bool:
+        return parse_bool(text)
+    if annotation in (int, float, str):
+        return annotation(text)
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return parse_literal(text, typing.get_args(annotation))
+    if is_union(annotation):
+        return parse_union(text, annotation)
+    if origin is tuple:
+        items = [item.strip() for item in text.split(",")] if text.strip() else []
+        item_types = tuple_item_types(annotation, len(items))
+        return tuple(parse_text(item, t) for item, t in zip(items, item_types))
+    raise TypeError(f"unsupported config annotation {format_type(annotation)}")
+
+
+def parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(text)
+
+
+def parse_literal(text: str, choices: tuple) -> Any:
+    for choice in choices:
+        if str(choice) == text:
+            return choice
+    raise ValueError(text)
+
+
+def parse_union(text: str, annotation: Any) -> Any:
+    members, allows_none = union_members(annotation)
+    if allows_none and text.strip().lower() in NONE_WORDS:
+        return None
+    for member in members:
+        try:
+            return parse_text(text, member)
+        except ValueError:
+            continue
+    raise ValueError(text)
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(config: C, overrides: Sequence[str]) -> C:
+    """Return a copy of ``config`` with each ``key=value`` override applied in order."""
+    for override in overrides:
+        key, text = split_override(override)
+        config = set_key(config, key, text)
+    return config
+
+
+def split_override(override: str) -> tuple[str, str]:
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"invalid override {override!r}: the form is key=value, e.g. seed=1")
+    return key, text
+
+
+def set_key(config: C, key: str, text: str) -> C:
+    """Return a copy of ``config`` with dotted ``key`` set from command-line ``text``."""
+    leaves = leaf_annotations(type(config))
+    if key not in leaves:
+        raise ConfigError(not_a_leaf_message(key, leaves))
+    annotation = leaves[key]
+    try:
+        value = parse_text(text, annotation)
+    except ValueError:
+        raise ConfigError(f"{key} expects {describe_type(annotation)}, got {text!r}") from None
+    return replace_path(config, key.split("."), value)
+
+
+def not_a_leaf_message(key: str, leaves: Mapping[str, Any]) -> str:
+    nested = [leaf for leaf in leaves if leaf.startswith(key + ".")]
+    if nested:
+        return f"{key} is a nested config; set one of its fields instead: {', '.join(nested)}"
+    close = difflib.get_close_matches(key, list(leaves), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown config key {key!r}.{hint} Valid keys: {', '.join(leaves)}"
+
+
+def replace_path(config: C, path: list[str], value: Any) -> C:
+    name, *rest = path
+    if rest:
+        value = replace_path(getattr(config, name), rest, value)
+    return dataclasses.replace(config, **{name: value})
+
+
+# --------------------------------------------------------------------------- dicts
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON-able dict of a config: nested dataclasses become dicts, tuples become lists."""
+    return {name: to_plain(getattr(config, name)) for name in field_annotations(type(config))}
+
+
+def to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (tuple, list)):
+        return [to_plain(item) for item in value]
+    return value
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any], prefix: str = "") -> C:
+    """Build ``cls`` from a dict made by ``config_to_dict``; missing keys take their defaults."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} expects a dict, got {data!r}")
+    annotations = field_annotations(cls)
+    unknown = [prefix + key for key in data if key not in annotations]
+    if unknown:
+        valid = ", ".join(prefix + name for name in annotations)
+        raise ConfigError(f"unknown config keys {', '.join(unknown)}. Valid keys: {valid}")
+    values = {
+        name: check_value(data[name], annotations[name], prefix + name)
+        for name in annotations
+        if name in data
+    }
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise ConfigError(f"cannot build {cls.__name__}: {error}") from None
+
+
+def check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Type-check a JSON value against ``annotation``; return it in config form (tuples, floats)."""
+    if is_config_class(annotation):
+        return config_from_dict(annotation, value, prefix=key + ".")
+    try:
+        return coerce_json(value, annotation)
+    except ValueError:
+        raise ConfigError(f"{key} expects {describe_type(annotation)}, got {value!r}") from None
+
+
+def coerce_json(value: Any, annotation: Any) -> Any:
+    """Return JSON ``value`` as ``annotation``'s type; raise ValueError if it does not fit."""
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str, bool):
+        if type(value) is not annotation:
+            raise ValueError(value)
+        return value
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        if not any(value == c and type(value) is type(c) for c in typing.get_args(annotation)):
+            raise ValueError(value)
+        return value
+    if is_union(annotation):
+        return coerce_union(value, annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(value)
+        item_types = tuple_item_types(annotation, len(value))
+        return tuple(coerce_json(item, t) for item, t in zip(value, item_types))
+    raise TypeError(f"unsupported config annotation {format_type(annotation)}")
+
+
+def coerce_union(value: Any, annotation: Any) -> Any:
+    members, allows_none = union_members(annotation)
+    if value is None and allows_none:
+        return None
+    for member in members:
+        try:
+            return coerce_json(value, member)
+        except ValueError:
+            continue
+    raise ValueError(value)
+
+
+# --------------------------------------------------------------------------- comparing, showing
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Sorted dotted keys whose values differ between two config dicts (or exist in only one)."""
+    flat_a, flat_b = flatten(a), flatten(b)
+    missing = object()
+    return sorted(
+        key
+        for key in flat_a.keys() | flat_b.keys()
+        if flat_a.get(key, missing) != flat_b.get(key, missing)
+    )
+
+
+def format_value(value: Any) -> str:
+    """A value written the way an override would set it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(format_value(item) for item in value)
+    return str(value)
+
+
+def describe_fields(config: Any) -> list[tuple[str, str, str]]:
+    """(dotted key, type, current value in override syntax) for every settable field."""
+    rows = []
+    for key, annotation in leaf_annotations(type(config)).items():
+        value = config
+        for name in key.split("."):
+            value = getattr(value, name)
+        rows.append((key, format_type(annotation), format_value(value)))
+    return rows

@@ -1,0 +1,199 @@
+"""Experiment registry and the run directory each experiment writes into.
+
+An experiment is a function ``run(config, run: RunDir) -> dict`` registered with
+``@register_experiment(name, config=ConfigCls)``. Modules in the top-level ``experiments``
+package are imported by ``load_experiments`` so that their decorators run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import json
+import pkgutil
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.text import Text
+
+from jirl.config import JirlError, apply_overrides, config_to_dict
+from jirl.registry import Registry
+
+RunFn = Callable[[Any, "RunDir"], Mapping[str, Any]]
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+RUN_INFO_FILE = "run.json"
+DEFAULT_RUNS_ROOT = Path("runs")
+
+
+class OutputDirNotEmptyError(JirlError, FileExistsError):
+    """The requested output folder already holds files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: its config class and the function that runs it."""
+
+    name: str
+    config_cls: type
+    run_fn: RunFn
+    description: str = ""
+
+    def default_config(self) -> Any:
+        return self.config_cls()
+
+
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
+
+
+def register_experiment(name: str, *, config: type, description: str = ""):
+    """Decorator registering ``run(config, run_dir) -> dict`` as experiment ``name``.
+
+    ``config`` must be a dataclass with an int ``seed`` field. Without ``description``, the
+    first line of the function's docstring is used.
+    """
+    check_config_class(config)
+
+    def decorator(run_fn: RunFn) -> RunFn:
+        summary = description or first_line(run_fn.__doc__)
+        experiment = Experiment(name, config, run_fn, summary)
+        already_registered = name in EXPERIMENTS and EXPERIMENTS.get(name) == experiment
+        if not already_registered:
+            EXPERIMENTS.register(name, experiment)
+        return run_fn
+
+    return decorator
+
+
+def check_config_class(config_cls: type) -> None:
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise TypeError(f"experiment config must be a dataclass class, got {config_cls!r}")
+    if typing.get_type_hints(config_cls).get("seed") is not int:
+        raise TypeError(f"experiment config {config_cls.__name__} needs an int field 'seed'")
+
+
+def first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+def load_experiments() -> None:
+    """Import every module of the ``experiments`` package so that its experiments register."""
+    import experiments
+
+    for module in pkgutil.iter_modules(experiments.__path__):
+        importlib.import_module(f"{experiments.__name__}.{module.name}")
+
+
+# --------------------------------------------------------------------------- JSON output
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/jax scalars and arrays, tuples, paths and dataclasses to JSON types."""
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(config_to_dict(value))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "__array__"):
+        array = np.asarray(value)
+        return array.item() if array.ndim == 0 else array.tolist()
+    return value
+
+
+def write_json_file(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    return path
+
+
+class RunDir:
+    """The folder one run writes its metrics, results and figures into."""
+
+    def __init__(self, path: Path | str, console: Console | None = None):
+        self.path = Path(path)
+        self.console = console or Console()
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """Append one line ``{"step": step, **metrics}`` to metrics.jsonl."""
+        record = {"step": int(step), **to_jsonable(metrics)}
+        with open(self.path / METRICS_FILE, "a") as metrics_file:
+            metrics_file.write(json.dumps(record) + "\n")
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` (numpy/jax values converted) as JSON file ``name``."""
+        return write_json_file(self.path_for(name), obj)
+
+    def path_for(self, name: str) -> Path:
+        """Path of file ``name`` inside the run folder, creating its parent folders."""
+        path = self.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_experiment(
+    name: str, overrides: Sequence[str] = (), out_dir: Path | str | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Run experiment ``name`` with ``key=value`` overrides; return (run folder, results)."""
+    load_experiments()
+    experiment = EXPERIMENTS.get(name)
+    config = apply_overrides(experiment.default_config(), overrides)
+    run = RunDir(prepare_out_dir(name, out_dir))
+    write_json_file(run.path / CONFIG_FILE, {"experiment": name, "config": config_to_dict(config)})
+    run.console.print(Text(f"{name}: writing to {run.path}"), soft_wrap=True)
+
+    started_at = datetime.datetime.now().isoformat(timespec="seconds")
+    results, elapsed_seconds = timed_call(experiment, config, run)
+    write_json_file(run.path / RESULTS_FILE, results)
+    run_info = {"experiment": name, "overrides": list(overrides), "started_at": started_at,
+                "elapsed_seconds": elapsed_seconds}
+    write_json_file(run.path / RUN_INFO_FILE, run_info)
+    summary = f"done in {elapsed_seconds:.1f}s; results in {run.path}"
+    run.console.print(Text(summary), soft_wrap=True)
+    return run.path, results
+
+
+def timed_call(experiment: Experiment, config: Any, run: RunDir) -> tuple[dict[str, Any], float]:
+    """Run the experiment; return its results as JSON types and the wall time in seconds."""
+    start = time.perf_counter()
+    results = experiment.run_fn(config, run)
+    elapsed_seconds = time.perf_counter() - start
+    if not isinstance(results, Mapping):
+        raise TypeError(
+            f"experiment {experiment.name!r} must return a dict of results, got {type(results)}"
+        )
+    return to_jsonable(results), elapsed_seconds
+
+
+def prepare_out_dir(name: str, out_dir: Path | str | None) -> Path:
+    """Create the run folder; refuse a non-empty one rather than mix two runs' files."""
+    path = Path(out_dir) if out_dir is not None else default_out_dir(name)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputDirNotEmptyError(
+            f"output folder {path} already exists and is not an empty folder; "
+            "choose another --out or move the old run away"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def default_out_dir(name: str) -> Path:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>``, suffixed if a run started in the same second."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = DEFAULT_RUNS_ROOT / f"{name}-{stamp}"
+    suffix = 1
+    while path.exists():
+        path = DEFAULT_RUNS_ROOT / f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return path

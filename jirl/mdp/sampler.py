@@ -1,0 +1,188 @@
+"""Batched, jit-compiled generation with a preallocated KV cache.
+
+Prompts of different lengths share one left-aligned buffer ``[batch, prompt_width +
+max_new_tokens]``: the prompt occupies slots ``0..p-1``, response step ``t`` goes to slot
+``p + t``, so each row decodes at its own position. One prefill call fills the cache for the
+whole prompt buffer (slots past a row's prompt hold junk that is overwritten before any query
+can see it, because a query at position ``j`` only attends to slots ``<= j``); a
+``lax.while_loop`` then decodes one token per row per step until every row has emitted EOS or
+``max_new_tokens`` tokens.
+
+Returned log-probs come from ``jirl.models.scoring.token_log_probs`` applied to the decoding
+logits at the sampling temperature, i.e. ``log softmax(logits / temperature)`` of the *full*
+distribution (before top-k/top-p truncation): the same numbers ``response_log_probs`` gives
+when it re-scores the sequence (contract 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jirl.checks import check_lengths, check_token_ids
+from jirl.models.scoring import token_log_probs
+from jirl.models.transformer import KVCache, forward
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick each token. ``top_k=0`` and ``top_p=1`` disable those filters."""
+
+    max_new_tokens: int
+    eos_id: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@struct.dataclass
+class SampleOutput:
+    tokens: jax.Array  # [batch, prompt_width + max_new] prompt then response, padded with eos
+    prompt_lens: jax.Array  # [batch]
+    response_tokens: jax.Array  # [batch, max_new], padded with eos
+    response_lens: jax.Array  # [batch], number of generated tokens including a final EOS
+    response_mask: jax.Array  # [batch, max_new] bool
+    log_probs: jax.Array  # [batch, max_new], 0 where masked
+    truncated: jax.Array  # [batch] bool, stopped by max_new_tokens without emitting EOS
+
+
+def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+    """Set logits outside the top-k / top-p (nucleus) set to -inf. ``logits [..., vocab]``."""
+    if top_k > 0:
+        kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+        mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+        # Keep the smallest prefix whose mass reaches top_p (the top token is always kept).
+        kept = jnp.where(mass_before < top_p, sorted_logits, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def choose_tokens(key, logits, config: SamplingConfig):
+    """Next token ids ``[batch]`` from ``logits [batch, vocab]``."""
+    if config.greedy:
+        return jnp.argmax(logits, axis=-1)
+    filtered = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+    return jax.random.categorical(key, filtered, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _generate(graphdef, params, prompt_tokens, prompt_lens, key, config: SamplingConfig) -> SampleOutput:
+    batch, width = prompt_tokens.shape
+    horizon = config.max_new_tokens
+    model_config = graphdef_config(graphdef, params)
+    cache = KVCache.zeros(model_config, batch, width + horizon)
+    rows = jnp.arange(batch)
+
+    prefill = forward(graphdef, params, prompt_tokens, None, cache)
+    first_logits = prefill.logits[rows, prompt_lens - 1]
+
+    def cond(carry):
+        t, _, _, _, _, _, done = carry
+        return (t < horizon) & ~jnp.all(done)
+
+    def body(carry):
+        t, logits, cache, key, response, log_probs, done = carry
+        key, step_key = jax.random.split(key)
+        token = choose_tokens(step_key, logits, config)
+        token = jnp.where(done, config.eos_id, token)
+        step_log_prob = jnp.where(done, 0.0, token_log_probs(logits, token, config.temperature))
+        response = response.at[:, t].set(token)
+        log_probs = log_probs.at[:, t].set(step_log_prob)
+        done = done | (token == config.eos_id)
+        out = forward(graphdef, params, token[:, None], (prompt_lens + t)[:, None], cache)
+        return t + 1, out.logits[:, 0], out.cache, key, response, log_probs, done
+
+    init = (
+        jnp.int32(0),
+        first_logits,
+        prefill.cache,
+        key,
+        jnp.full((batch, horizon), config.eos_id, jnp.int32),
+        jnp.zeros((batch, horizon), jnp.float32),
+        jnp.zeros((batch,), bool),
+    )
+    _, _, _, _, response, log_probs, done = jax.lax.while_loop(cond, body, init)
+
+    # A row's length is the index of its first EOS plus one, or the horizon if it never ended.
+    is_eos = response == config.eos_id
+    ended = jnp.any(is_eos, axis=1)
+    response_lens = jnp.where(ended, jnp.argmax(is_eos, axis=1) + 1, horizon)
+    mask = jnp.arange(horizon)[None, :] < response_lens[:, None]
+
+    buffer = jnp.full((batch, width + horizon), config.eos_id, jnp.int32)
+    prompt_slots = jnp.arange(width)[None, :] < prompt_lens[:, None]
+    buffer = buffer.at[:, :width].set(jnp.where(prompt_slots, prompt_tokens, config.eos_id))
+    slots = prompt_lens[:, None] + jnp.arange(horizon)[None, :]
+    buffer = buffer.at[rows[:, None], slots].set(response)
+    return SampleOutput(
+        tokens=buffer,
+        prompt_lens=prompt_lens,
+        response_tokens=response,
+        response_lens=response_lens.astype(jnp.int32),
+        response_mask=mask,
+        log_probs=jnp.where(mask, log_probs, 0.0),
+        truncated=~ended,
+    )
+
+
+def graphdef_config(graphdef, params):
+    """The ``TransformerConfig`` of a split ``Transformer`` (static, read at trace time)."""
+    from flax import nnx
+
+    return nnx.merge(graphdef, params).config
+
+
+def generate(graphdef, params, prompt_tokens, prompt_lens, key, config: SamplingConfig) -> SampleOutput:
+    """Sample responses for a batch of left-aligned prompts.
+
+    Args:
+      graphdef, params: a split ``jirl.models.Transformer`` (``nnx.split(model)``).
+      prompt_tokens: ``[batch, prompt_width]`` int ids, each prompt left-aligned.
+      prompt_lens: ``[batch]`` prompt lengths, ``1 <= p <= prompt_width``.
+      key: PRNG key.
+      config: ``SamplingConfig`` (static: a new value recompiles).
+
+    Returns:
+      ``SampleOutput`` with response-aligned ``[batch, max_new_tokens]`` tokens, mask and
+      log-probs, and the full ``[batch, prompt_width + max_new_tokens]`` buffer.
+    """
+    prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+    prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
+    model_config = graphdef_config(graphdef, params)
+    if prompt_tokens.ndim != 2 or prompt_lens.shape != prompt_tokens.shape[:1]:
+        raise ValueError(
+            f"prompt_tokens must be [batch, width] and prompt_lens [batch]; got {prompt_tokens.shape} "
+            f"and {prompt_lens.shape}"
+        )
+    width = prompt_tokens.shape[1]
+    if width + config.max_new_tokens > model_config.max_len:
+        raise ValueError(
+            f"prompt width {width} + max_new_tokens {config.max_new_tokens} = "
+            f"{width + config.max_new_tokens} exceeds the model's context max_len={model_config.max_len}; "
+            "shorten the prompts, lower max_new_tokens or use a model with a longer context"
+        )
+    check_token_ids(prompt_tokens, model_config.vocab_size, "prompt_tokens")
+    check_lengths(prompt_lens, width)
+    if not 0 <= config.eos_id < model_config.vocab_size:
+        raise ValueError(f"eos_id {config.eos_id} is outside the vocabulary [0, {model_config.vocab_size})")
+    return _generate(graphdef, params, prompt_tokens, prompt_lens, key, config)

@@ -1,0 +1,285 @@
+"""A decoder-only transformer in Flax NNX, configurable as the Llama or the GPT-2 family.
+
+Layout convention used across jirl: a sequence buffer is *left-aligned* and right-padded,
+so the token at buffer slot ``j`` has position ``j``. With that layout a causal mask alone is
+correct for every real token, and the KV cache slot of a token is its position.
+
+Functional use (DESIGN.md contract 1)::
+
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)            # once, outside jit
+    out = forward(graphdef, params, tokens)        # pure, inside jit
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+Family = Literal["llama", "gpt2"]
+
+# Finite "minus infinity" for masked attention scores: exp() underflows to exactly 0 in fp32
+# and bf16, and a fully masked row (never produced by our layouts) would still not be NaN.
+_MASK_VALUE = -1e30
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture hyper-parameters.
+
+    ``family="llama"``: RMSNorm, rotary position embeddings with base ``rope_base``, grouped-query
+    attention (``num_kv_heads`` < ``num_heads``), SwiGLU MLP, no biases (``qkv_bias`` for Qwen2).
+    ``family="gpt2"``: LayerNorm, learned absolute positions, GELU MLP, biases everywhere.
+    """
+
+    vocab_size: int
+    family: Family = "llama"
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None  # None: same as num_heads (multi-head attention)
+    head_dim: int | None = None  # None: d_model // num_heads
+    d_ff: int | None = None  # None: 4 * d_model (gpt2) or 8/3 * d_model rounded up to 16 (llama)
+    max_len: int = 128  # context length: learned positions (gpt2) and the sampler's buffer limit
+    rope_base: float = 10_000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    qkv_bias: bool = False  # llama family only; gpt2 always has biases
+    dtype: str = "float32"  # compute dtype; parameters are always kept in float32
+
+    def __post_init__(self):
+        if self.family not in ("llama", "gpt2"):
+            raise ValueError(f"unknown model family {self.family!r}; use 'llama' or 'gpt2'")
+        if self.head_dim is None and self.d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+                "change one of them or set head_dim explicitly"
+            )
+        if self.num_heads % self.kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.kv_heads}"
+            )
+        if self.family == "llama" and self.dims_per_head % 2:
+            raise ValueError(f"rotary embeddings need an even head_dim, got {self.dims_per_head}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def dims_per_head(self) -> int:
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.family == "gpt2":
+            return 4 * self.d_model
+        return -(-(8 * self.d_model // 3) // 16) * 16
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+@struct.dataclass
+class KVCache:
+    """Per-layer key/value buffers, ``[batch, max_len, kv_heads, head_dim]`` each.
+
+    Slot ``j`` holds the key/value of the token at position ``j`` (left-aligned layout).
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+
+    @classmethod
+    def zeros(cls, config: TransformerConfig, batch_size: int, length: int | None = None):
+        shape = (batch_size, length or config.max_len, config.kv_heads, config.dims_per_head)
+        zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
+        return cls(keys=zeros, values=zeros)
+
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[1]
+
+
+@struct.dataclass
+class TransformerOutput:
+    logits: jax.Array  # [batch, time, vocab], float32
+    hidden: jax.Array  # [batch, time, d_model], final-normed hidden states (input to heads)
+    cache: KVCache | None
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+    """Rotate channel pairs ``(i, i + d/2)`` of ``x [b, t, h, d]`` by ``pos * base^(-2i/d)``.
+
+    This is the "rotate-half" layout of Hugging Face Llama checkpoints (RoFormer, Su et al. 2021).
+    """
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, half]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def attention(q, k, v, query_positions, key_positions):
+    """Causal grouped-query attention over absolute positions.
+
+    q: [b, tq, heads, d]; k, v: [b, tk, kv_heads, d]; query_positions: [b, tq];
+    key_positions: [b, tk]. A query attends to the keys whose position is <= its own.
+    """
+    b, tq, num_heads, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, tq, kv_heads, num_heads // kv_heads, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(d)
+    visible = key_positions[:, None, :] <= query_positions[:, :, None]  # [b, tq, tk]
+    scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
+    return out.reshape(b, tq, num_heads * d)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d, h, kvh, hd = config.d_model, config.num_heads, config.kv_heads, config.dims_per_head
+        bias = config.family == "gpt2" or config.qkv_bias
+        out_bias = config.family == "gpt2"
+        dtype = config.compute_dtype
+        self.q_proj = nnx.Linear(d, h * hd, use_bias=bias, dtype=dtype, rngs=rngs)
+        self.k_proj = nnx.Linear(d, kvh * hd, use_bias=bias, dtype=dtype, rngs=rngs)
+        self.v_proj = nnx.Linear(d, kvh * hd, use_bias=bias, dtype=dtype, rngs=rngs)
+        self.o_proj = nnx.Linear(h * hd, d, use_bias=out_bias, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, layer_cache=None):
+        """Returns the attention output and, with a cache, the updated ``(keys, values)``."""
+        cfg = self.config
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.dims_per_head)
+        k = self.k_proj(x).reshape(b, t, cfg.kv_heads, cfg.dims_per_head)
+        v = self.v_proj(x).reshape(b, t, cfg.kv_heads, cfg.dims_per_head)
+        if cfg.family == "llama":
+            q = rotary_embedding(q, positions, cfg.rope_base)
+            k = rotary_embedding(k, positions, cfg.rope_base)
+        if layer_cache is None:
+            out = attention(q, k, v, positions, positions)
+            return self.o_proj(out), None
+        # Write this chunk into its slots (slot = position), then attend over the whole buffer.
+        cache_k, cache_v = layer_cache
+        rows = jnp.arange(b)[:, None]
+        cache_k = cache_k.at[rows, positions].set(k.astype(cache_k.dtype))
+        cache_v = cache_v.at[rows, positions].set(v.astype(cache_v.dtype))
+        slots = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (b, cache_k.shape[1]))
+        out = attention(q, cache_k, cache_v, positions, slots)
+        return self.o_proj(out), (cache_k, cache_v)
+
+
+class MLP(nnx.Module):
+    """SwiGLU, ``down(silu(gate(x)) * up(x))`` (llama), or ``fc2(gelu(fc1(x)))`` (gpt2)."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.family = config.family
+        d, f, dtype = config.d_model, config.ff_dim, config.compute_dtype
+        if config.family == "llama":
+            self.gate_proj = nnx.Linear(d, f, use_bias=False, dtype=dtype, rngs=rngs)
+            self.up_proj = nnx.Linear(d, f, use_bias=False, dtype=dtype, rngs=rngs)
+            self.down_proj = nnx.Linear(f, d, use_bias=False, dtype=dtype, rngs=rngs)
+        else:
+            self.fc_in = nnx.Linear(d, f, dtype=dtype, rngs=rngs)
+            self.fc_out = nnx.Linear(f, d, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        if self.family == "llama":
+            return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.fc_out(jax.nn.gelu(self.fc_in(x), approximate=True))
+
+
+def make_norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    if config.family == "llama":
+        return nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, dtype=config.compute_dtype, rngs=rngs)
+    return nnx.LayerNorm(config.d_model, epsilon=config.norm_eps, dtype=config.compute_dtype, rngs=rngs)
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = make_norm(config, rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = make_norm(config, rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, layer_cache=None):
+        attn_out, layer_cache = self.attn(self.attn_norm(x), positions, layer_cache)
+        x = x + attn_out
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, layer_cache
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model returning logits, final hidden states and the KV cache."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dtype = config.compute_dtype
+        init = nnx.initializers.normal(0.02)
+        self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, embedding_init=init, rngs=rngs)
+        if config.family == "gpt2":
+            self.position_embed = nnx.Embed(config.max_len, config.d_model, dtype=dtype, embedding_init=init, rngs=rngs)
+        self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.final_norm = make_norm(config, rngs)
+        if not config.tie_embeddings:
+            self.lm_head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens, positions=None, cache: KVCache | None = None) -> TransformerOutput:
+        """tokens: [batch, time] ids; positions: [batch, time] (default ``0..time-1``).
+
+        With a ``cache``, the tokens' keys/values are written to the slots given by
+        ``positions`` and each token attends to every cached slot at or before its position
+        (prefill and incremental decoding are the same call).
+        """
+        b, t = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t), (b, t))
+        x = self.embed(tokens)
+        if self.config.family == "gpt2":
+            x = x + self.position_embed(positions)
+        new_keys, new_values = [], []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+            x, layer_cache = layer(x, positions, layer_cache)
+            if layer_cache is not None:
+                new_keys.append(layer_cache[0])
+                new_values.append(layer_cache[1])
+        hidden = self.final_norm(x)
+        if self.config.tie_embeddings:
+            logits = self.embed.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        new_cache = None if cache is None else KVCache(tuple(new_keys), tuple(new_values))
+        return TransformerOutput(logits=logits.astype(jnp.float32), hidden=hidden, cache=new_cache)
+
+
+def forward(graphdef, params, tokens, positions=None, cache=None) -> TransformerOutput:
+    """Pure functional call of a split model: ``nnx.merge(graphdef, params)(tokens, ...)``."""
+    return nnx.merge(graphdef, params)(tokens, positions, cache)
+
+
+def llama_tiny(vocab_size: int, **overrides) -> TransformerConfig:
+    """A small Llama-family config for tests and CPU experiments (GQA, 2 layers, d=64)."""
+    defaults = dict(family="llama", d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, max_len=64)
+    return TransformerConfig(vocab_size=vocab_size, **{**defaults, **overrides})
+
+
+def gpt2_tiny(vocab_size: int, **overrides) -> TransformerConfig:
+    """A small GPT-2-family config for tests and CPU experiments (2 layers, d=64)."""
+    defaults = dict(family="gpt2", d_model=64, num_layers=2, num_heads=4, max_len=64)
+    return TransformerConfig(vocab_size=vocab_size, **{**defaults, **overrides})
