@@ -42,6 +42,25 @@ def register_task(name: str):
     return add
 
 
+@dataclasses.dataclass
+class TaskConfig:
+    """Which task to build: its registered name and size parameters as ``key=value`` strings
+    (``--set task.name=sort --set task.args=num_digits=4,num_symbols=3``)."""
+
+    name: str = "bigram"
+    args: tuple[str, ...] = ()
+
+
+def build_task(config: TaskConfig) -> "Task":
+    """The task named by ``config``, its ``args`` parsed by the task's field types."""
+    from jirl.config import apply_overrides
+
+    default = TASKS.get(config.name)()
+    if not config.args:
+        return default
+    return apply_overrides(default, config.args)
+
+
 def make_task(name: str, **params) -> "Task":
     """Build the task registered as ``name`` with size parameters ``params``."""
     cls = TASKS.get(name)

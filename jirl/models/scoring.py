@@ -49,3 +49,9 @@ def response_log_probs(
     step_logits = gather_response(logits, prompt_lens, horizon, shift=-1)
     targets = gather_response(tokens, prompt_lens, horizon)
     return token_log_probs(step_logits, targets, temperature)
+
+
+def logits_fn(graphdef, params):
+    """A jitted ``tokens [batch, time] -> logits [batch, time, vocab]`` of a split model, the
+    form the exact oracle takes a reference or policy model in."""
+    return jax.jit(lambda tokens: forward(graphdef, params, tokens).logits)
