@@ -18,7 +18,8 @@ from jirl.models.transformer import forward
 
 def token_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
     """``log softmax(logits / temperature)[target]``; logits ``[..., vocab]``, targets ``[...]``."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 -> f32, f64 stays
+    log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
     return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 

@@ -110,7 +110,7 @@ class KVCache:
 
 @struct.dataclass
 class TransformerOutput:
-    logits: jax.Array  # [batch, time, vocab], float32
+    logits: jax.Array  # [batch, time, vocab], float32 (or float64 for a float64 model)
     hidden: jax.Array  # [batch, time, d_model], final-normed hidden states (input to heads)
     cache: KVCache | None
 
@@ -121,11 +121,12 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, base: float) -> jax.Arr
     This is the "rotate-half" layout of Hugging Face Llama checkpoints (RoFormer, Su et al. 2021).
     """
     half = x.shape[-1] // 2
-    inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, half]
+    dtype = jnp.promote_types(x.dtype, jnp.float32)  # at least float32 for the angles
+    inv_freq = base ** (-jnp.arange(half, dtype=dtype) / half)
+    angles = positions[..., None].astype(dtype) * inv_freq  # [b, t, half]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
-    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    x1, x2 = x[..., :half].astype(dtype), x[..., half:].astype(dtype)
     rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return rotated.astype(x.dtype)
 
@@ -139,7 +140,8 @@ def attention(q, k, v, query_positions, key_positions):
     b, tq, num_heads, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, tq, kv_heads, num_heads // kv_heads, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k).astype(jnp.float32) / jnp.sqrt(d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k)
+    scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32)) / jnp.sqrt(d)
     visible = key_positions[:, None, :] <= query_positions[:, :, None]  # [b, tq, tk]
     scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -265,7 +267,8 @@ class Transformer(nnx.Module):
         else:
             logits = self.lm_head(hidden)
         new_cache = None if cache is None else KVCache(tuple(new_keys), tuple(new_values))
-        return TransformerOutput(logits=logits.astype(jnp.float32), hidden=hidden, cache=new_cache)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        return TransformerOutput(logits=logits, hidden=hidden, cache=new_cache)
 
 
 def forward(graphdef, params, tokens, positions=None, cache=None) -> TransformerOutput:
