@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set seed=1 model.d_model=64 (repeatable)",
     )
     run_parser.add_argument("--out", help="output folder (default: runs/<name>-<timestamp>)")
+    run_parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     run_parser.set_defaults(command=run_command)
     return parser
 
@@ -84,7 +87,7 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    run_experiment(args.name, overrides=args.overrides, out_dir=args.out)
+    run_experiment(args.name, overrides=args.overrides, out_dir=args.out, resume=args.resume)
     return 0
 
 

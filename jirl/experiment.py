@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
-from jirl.config import JirlError, apply_overrides, config_to_dict
+from jirl.config import ConfigError, JirlError, apply_overrides, config_to_dict, diff_configs
 from jirl.registry import Registry
 
 RunFn = Callable[[Any, "RunDir"], Mapping[str, Any]]
@@ -118,9 +118,10 @@ def write_json_file(path: Path, obj: Any) -> Path:
 class RunDir:
     """The folder one run writes its metrics, results and figures into."""
 
-    def __init__(self, path: Path | str, console: Console | None = None):
+    def __init__(self, path: Path | str, console: Console | None = None, resume: bool = False):
         self.path = Path(path)
         self.console = console or Console()
+        self.resume = resume  # continue from the folder's latest checkpoint
 
     def log(self, step: int, **metrics: Any) -> None:
         """Append one line ``{"step": step, **metrics}`` to metrics.jsonl."""
@@ -143,25 +144,55 @@ class RunDir:
 
 
 def run_experiment(
-    name: str, overrides: Sequence[str] = (), out_dir: Path | str | None = None
+    name: str, overrides: Sequence[str] = (), out_dir: Path | str | None = None, resume: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """Run experiment ``name`` with ``key=value`` overrides; return (run folder, results)."""
+    """Run experiment ``name`` with ``key=value`` overrides; return (run folder, results).
+
+    With ``resume=True``, ``out_dir`` must be an earlier run of the same experiment; the config
+    (defaults + overrides) must equal the one it saved, and the experiment continues from its
+    latest checkpoint (``run.resume`` tells the experiment to do so).
+    """
     load_experiments()
     experiment = EXPERIMENTS.get(name)
     config = apply_overrides(experiment.default_config(), overrides)
-    run = RunDir(prepare_out_dir(name, out_dir))
-    write_json_file(run.path / CONFIG_FILE, {"experiment": name, "config": config_to_dict(config)})
-    run.console.print(Text(f"{name}: writing to {run.path}"), soft_wrap=True)
+    if resume:
+        run = RunDir(check_resumable(name, config, out_dir), resume=True)
+    else:
+        run = RunDir(prepare_out_dir(name, out_dir))
+        write_json_file(run.path / CONFIG_FILE, {"experiment": name, "config": config_to_dict(config)})
+    verb = "resuming" if resume else "writing to"
+    run.console.print(Text(f"{name}: {verb} {run.path}"), soft_wrap=True)
 
     started_at = datetime.datetime.now().isoformat(timespec="seconds")
     results, elapsed_seconds = timed_call(experiment, config, run)
     write_json_file(run.path / RESULTS_FILE, results)
     run_info = {"experiment": name, "overrides": list(overrides), "started_at": started_at,
-                "elapsed_seconds": elapsed_seconds}
+                "elapsed_seconds": elapsed_seconds, "resumed": resume}
     write_json_file(run.path / RUN_INFO_FILE, run_info)
     summary = f"done in {elapsed_seconds:.1f}s; results in {run.path}"
     run.console.print(Text(summary), soft_wrap=True)
     return run.path, results
+
+
+def check_resumable(name: str, config: Any, out_dir: Path | str | None) -> Path:
+    """The folder of the run to resume, after checking it is one with the same config."""
+    if out_dir is None:
+        raise ConfigError("--resume needs --out DIR naming the run folder to continue")
+    path = Path(out_dir)
+    saved_file = path / CONFIG_FILE
+    if not saved_file.exists():
+        raise ConfigError(f"cannot resume: {saved_file} not found; is {path} a jirl run folder?")
+    saved = json.loads(saved_file.read_text())
+    if saved.get("experiment") != name:
+        raise ConfigError(f"cannot resume: {path} holds a run of {saved.get('experiment')!r}, not {name!r}")
+    current = config_to_dict(config)
+    differing = diff_configs(saved["config"], current)
+    if differing:
+        raise ConfigError(
+            f"cannot resume {path}: the config differs from the saved run in {', '.join(differing)}. "
+            "Resume with the same --set values, or start a new run in another --out folder."
+        )
+    return path
 
 
 def timed_call(experiment: Experiment, config: Any, run: RunDir) -> tuple[dict[str, Any], float]:

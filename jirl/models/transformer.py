@@ -276,6 +276,31 @@ def forward(graphdef, params, tokens, positions=None, cache=None) -> Transformer
     return nnx.merge(graphdef, params)(tokens, positions, cache)
 
 
+@dataclasses.dataclass
+class ModelSize:
+    """The size knobs experiments expose (``--set model.d_model=128``); the vocabulary and
+    context come from the task. ``build`` gives the full ``TransformerConfig``."""
+
+    family: Family = "llama"
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = 2
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def build(self, vocab_size: int, max_len: int) -> TransformerConfig:
+        return TransformerConfig(
+            vocab_size=vocab_size,
+            family=self.family,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads if self.family == "llama" else None,
+            max_len=max_len,
+            dtype=self.dtype,
+        )
+
+
 def llama_tiny(vocab_size: int, **overrides) -> TransformerConfig:
     """A small Llama-family config for tests and CPU experiments (GQA, 2 layers, d=64)."""
     defaults = dict(family="llama", d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, max_len=64)

@@ -77,7 +77,18 @@ def shard_state(state, mesh: Mesh, strategy: Literal["replicate", "fsdp"] = "rep
     (step, counts, the key) are replicated.
     """
     shardings = param_shardings(state, mesh, strategy)
-    return jax.device_put(state, shardings)
+    return jax.tree_util.tree_map(place_global, state, shardings)
+
+
+def place_global(x, sharding: NamedSharding):
+    """Put an array that every process holds in full onto a (possibly multi-process) sharding."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = place_global(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

@@ -107,7 +107,16 @@ def accumulate_gradients(loss_fn: LossFn, params, frozen, batch: dict, key, num_
 def make_update_step(
     loss_fn: LossFn, optimizer: optax.GradientTransformation, accumulation_steps: int = 1, donate: bool = True
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """Compile ``loss_fn`` and ``optimizer`` into ``step(state, batch) -> (state, metrics)``.
+    """Compile ``loss_fn`` and ``optimizer`` into ``step(state, batch) -> (state, metrics)``
+    (``update_fn`` under ``jax.jit``, the state donated)."""
+    step = update_fn(loss_fn, optimizer, accumulation_steps)
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def update_fn(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation, accumulation_steps: int = 1
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The pure (un-jitted) update ``step(state, batch) -> (state, metrics)``.
 
     Metrics: ``loss`` (= sum of totals / sum of counts, exact), ``count``, ``grad_norm``,
     ``nonfinite`` (True when the loss or gradient was NaN/inf: the update is then skipped and
@@ -139,4 +148,4 @@ def make_update_step(
         metrics = {"loss": loss, "count": count, "grad_norm": grad_norm, "nonfinite": ~finite, **objective_metrics}
         return new_state, metrics
 
-    return jax.jit(step, donate_argnums=(0,) if donate else ())
+    return step

@@ -1,0 +1,164 @@
+"""The training loop: compiled steps over a checkpointable data iterator, with logging,
+periodic exact evaluation, Orbax checkpoints and exact resume.
+
+    state = fit(run, step_fn, state, batches, steps=300, config=config_dict, resume=False)
+
+``batches`` is any iterator of dicts of NumPy arrays with ``get_state()``/``set_state()``
+(``jirl.data.loader``). A checkpoint holds the train state (params, optimizer state, step,
+PRNG key), the config and the iterator state, so a resumed run repeats nothing and skips
+nothing: its ``metrics.jsonl`` equals an uninterrupted run's, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Iterator, Literal
+
+import jax
+import numpy as np
+import optax
+
+from jirl.config import JirlError, diff_configs
+from jirl.experiment import RunDir
+from jirl.train.checkpoint import CheckpointManager
+from jirl.train.logging import METRICS_FILE, TIMING_FILE, TrainLogger, to_floats, truncate_metrics
+from jirl.train.sharding import make_mesh, shard_batch, shard_state
+from jirl.train.step import TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteLossError(JirlError, FloatingPointError):
+    """The loss or gradient became NaN or infinite."""
+
+
+class IncompatibleResumeError(JirlError, ValueError):
+    """A run was resumed with settings that differ from the checkpointed ones."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings shared by training experiments."""
+
+    steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    accumulation_steps: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    eval_every: int = 50
+    mesh_data: int = -1  # data-parallel axis size (-1: all devices / fsdp)
+    mesh_fsdp: int = 1
+    sharding: Literal["replicate", "fsdp"] = "replicate"
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1)
+    )
+    return optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+def tokens_in(batch: dict) -> int:
+    """Real (non-pad) tokens of a batch, for throughput."""
+    if "prompt_len" in batch and "response_len" in batch:
+        return int(np.sum(batch["prompt_len"]) + np.sum(batch["response_len"]))
+    return int(np.asarray(batch["tokens"]).size)
+
+
+def _abstract(state):
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state
+    )
+
+
+def check_resume_config(saved: dict, current: dict) -> None:
+    differing = diff_configs(saved, current)
+    if differing:
+        details = ", ".join(f"{k} (checkpoint {_lookup(saved, k)!r}, now {_lookup(current, k)!r})" for k in differing)
+        raise IncompatibleResumeError(
+            f"cannot resume: the config differs from the checkpointed run in {details}. "
+            "Resume with the same settings, or start a new run in another --out folder."
+        )
+
+
+def _lookup(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def fit(
+    run: RunDir,
+    step_fn: Callable,
+    state: TrainState,
+    batches: Iterator[dict],
+    *,
+    steps: int,
+    config: dict,
+    train: TrainConfig | None = None,
+    resume: bool = False,
+    evaluate: Callable[[TrainState], dict] | None = None,
+    progress: bool = True,
+) -> TrainState:
+    """Run ``step_fn`` (from ``make_update_step``) until ``state.step == steps``.
+
+    Every ``train.eval_every`` steps ``evaluate(state)`` (deterministic metrics) is logged;
+    every ``train.checkpoint_every`` steps and at the end the state, ``config`` and
+    ``batches.get_state()`` are checkpointed. A NaN/inf loss raises ``NonFiniteLossError``
+    naming the step; the checkpoints already written are kept.
+    """
+    train = train or TrainConfig(steps=steps)
+    mesh = make_mesh(data=train.mesh_data, fsdp=train.mesh_fsdp)
+    state = shard_state(state, mesh, train.sharding)
+    manager = CheckpointManager(run.path / CHECKPOINT_DIR, keep_last=train.keep_checkpoints)
+    if resume:
+        state, metadata = manager.restore(_abstract(state))
+        check_resume_config(metadata["config"], config)
+        batches.set_state(metadata["data_state"])
+        for name in (METRICS_FILE, TIMING_FILE):
+            truncate_metrics(run.path / name, int(state.step))
+    elif manager.latest_step() is not None:
+        raise JirlError(f"{manager.directory} already holds checkpoints; pass --resume to continue that run")
+
+    start = int(state.step)
+    logger = TrainLogger(run, total_steps=steps, start_step=start, progress=progress)
+    compiled = {}  # one executable per batch shape (buckets), compile time logged apart
+    try:
+        for step in range(start, steps):
+            host_batch = next(batches)
+            batch = shard_batch(host_batch, mesh)
+            shapes = tuple(sorted((k, v.shape) for k, v in host_batch.items()))
+            if shapes not in compiled:
+                began = time.perf_counter()
+                compiled[shapes] = step_fn.lower(state, batch).compile()
+                logger.compiled(step + 1, time.perf_counter() - began)
+            began = time.perf_counter()
+            state, metrics = compiled[shapes](state, batch)
+            metrics = to_floats(metrics)  # waits for the step to finish
+            seconds = time.perf_counter() - began
+            if metrics.pop("nonfinite"):
+                last = manager.latest_step()
+                kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint had been written yet"
+                raise NonFiniteLossError(
+                    f"the loss or gradient became NaN/inf at step {step + 1}; training stopped and {kept}. "
+                    "Lower the learning rate, clip gradients harder or check the data."
+                )
+            logger.step(step + 1, metrics, seconds, tokens_in(host_batch))
+            done = step + 1 == steps
+            if evaluate is not None and ((step + 1) % train.eval_every == 0 or done):
+                logger.evaluation(step + 1, {k: float(v) for k, v in evaluate(state).items()})
+            if (step + 1) % train.checkpoint_every == 0 or done:
+                manager.save(step + 1, state, {"config": config, "data_state": batches.get_state()})
+    finally:
+        logger.close()
+        manager.close()
+    return state

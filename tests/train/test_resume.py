@@ -1,0 +1,127 @@
+"""Exact resume after SIGKILL, refusal of incompatible resumes, and NaN stops (contract 8)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jirl.cli import main
+from jirl.experiment import RunDir
+from jirl.models.transformer import Transformer, llama_tiny
+from jirl.train.checkpoint import CheckpointManager
+from jirl.train.loop import NonFiniteLossError, TrainConfig, fit
+from jirl.train.losses import LossOutput
+from jirl.train.sft import sft_loss
+from jirl.train.step import init_train_state, make_update_step
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["train.steps=40", "train.checkpoint_every=8", "train.eval_every=10", "num_demos=256", "train.batch_size=32"]
+
+
+def jirl_command(out, *extra):
+    return [sys.executable, "-m", "jirl.cli", "run", "quickstart", "--out", str(out), "--set", *SMALL, *extra]
+
+
+def metric_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_a_random_step_and_resumed_writes_identical_metrics(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    straight = tmp_path / "straight"
+    subprocess.run(jirl_command(straight), env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    kill_after = random.Random().randint(10, 35)  # metrics lines, i.e. roughly the step
+    process = subprocess.Popen(jirl_command(killed), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while metric_lines(killed / "metrics.jsonl") < kill_after and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(jirl_command(killed, "--resume"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (killed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes(), f"killed after {kill_after} lines"
+    results = [json.loads((d / "results.json").read_text()) for d in (straight, killed)]
+    assert results[0] == results[1]
+
+
+@pytest.mark.slow
+def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "quickstart", "--out", str(out), "--set", *SMALL[:1], "train.steps=8", *SMALL[1:]]) == 0
+    capsys.readouterr()
+    code = main(["run", "quickstart", "--out", str(out), "--resume", "--set", "train.steps=8", *SMALL[1:], "train.learning_rate=0.1", "seed=3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train.learning_rate" in err and "seed" in err and "train.steps" not in err
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
+    out = tmp_path / "empty"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"experiment": "quickstart", "config": {}}))
+    code = main(["run", "quickstart", "--out", str(out), "--resume"])
+    assert code == 2
+    assert "differs" in capsys.readouterr().err  # an empty saved config differs from the defaults
+
+
+class PoisonedBatches:
+    """Batches whose ``poison`` flag turns the loss into NaN at one step."""
+
+    def __init__(self, poison_at: int):
+        self.poison_at, self.position = poison_at, 0
+
+    def __next__(self):
+        self.position += 1
+        rng = np.random.default_rng(self.position)
+        tokens = rng.integers(1, 7, (8, 8)).astype(np.int32)
+        return {
+            "tokens": tokens,
+            "prompt_len": np.full(8, 2, np.int32),
+            "response_len": np.full(8, 5, np.int32),
+            "poison": np.full(8, self.position == self.poison_at),
+        }
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_good_checkpoint(tmp_path):
+    graphdef, params = nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))
+    sft = sft_loss(graphdef)
+
+    def loss_fn(params, batch, key):
+        out, metrics = sft(params, batch, key)
+        return LossOutput(jnp.where(batch["poison"][0], jnp.nan, out.total), out.count), metrics
+
+    optimizer = optax.adam(1e-3)
+    state = init_train_state(params, optimizer, jax.random.key(0))
+    run = RunDir(tmp_path, console=None)
+    train = TrainConfig(steps=20, checkpoint_every=5, eval_every=100)
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 7; .*last good checkpoint \(step 5\)"):
+        fit(run, make_update_step(loss_fn, optimizer), state, PoisonedBatches(poison_at=7),
+            steps=20, config={"x": 1}, train=train, progress=False)
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    assert manager.steps() == [5]
+    restored, metadata = manager.restore(jax.eval_shape(lambda: state))
+    assert int(restored.step) == 5 and metadata["data_state"] == {"position": 5}
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(restored.params))
+    assert metric_lines(tmp_path / "metrics.jsonl") == 6  # steps 1-6 logged, step 7 not
