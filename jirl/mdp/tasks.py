@@ -140,23 +140,17 @@ def _previous_and_action(tokens, prompt_lens, t):
     return tokens[rows, slot - 1], tokens[rows, slot]
 
 
-@register_task("bigram")
 @dataclasses.dataclass(frozen=True, eq=False)
-class BigramTask(Task):
-    """Reward ``r_t = score[y_{t-1}, y_t]`` from a hidden Gaussian table (per-token, decomposable).
-
-    The prompt is one character; ``y_{-1}`` is the prompt's last token. EOS is an action with
-    its own score, so the optimal policy must also learn when to stop.
-    """
+class LetterTask(Task):
+    """Shared shape of tasks whose prompt is one letter of the first ``num_chars`` letters."""
 
     num_chars: int = 4
     horizon: int = 6
     seed: int = 0
-    scale: float = 1.0
 
     def __post_init__(self):
         if not 1 <= self.num_chars <= 26:
-            raise ValueError(f"bigram num_chars must be in [1, 26], got {self.num_chars}")
+            raise ValueError(f"{self.name} num_chars must be in [1, 26], got {self.num_chars}")
 
     @cached_property
     def tokenizer(self):
@@ -164,6 +158,18 @@ class BigramTask(Task):
 
     def prompt_texts(self):
         return list(self.tokenizer.alphabet)
+
+
+@register_task("bigram")
+@dataclasses.dataclass(frozen=True, eq=False)
+class BigramTask(LetterTask):
+    """Reward ``r_t = score[y_{t-1}, y_t]`` from a hidden Gaussian table (per-token, decomposable).
+
+    The prompt is one character; ``y_{-1}`` is the prompt's last token. EOS is an action with
+    its own score, so the optimal policy must also learn when to stop.
+    """
+
+    scale: float = 1.0
 
     @cached_property
     def score_table(self) -> np.ndarray:
@@ -225,25 +231,16 @@ class SortTask(Task):
 
 @register_task("gold_rm")
 @dataclasses.dataclass(frozen=True, eq=False)
-class GoldRewardModelTask(Task):
+class GoldRewardModelTask(LetterTask):
     """Terminal reward from a fixed scoring transformer (seeded), standardised to mean 0, std 1
     over uniformly random sequences: ``r_T = (g(x, y) - mu) / sigma``, 0 before the end."""
 
-    num_chars: int = 4
-    horizon: int = 6
-    seed: int = 0
     d_model: int = 32
     num_layers: int = 2
 
     def __post_init__(self):
+        super().__post_init__()
         self.gold_model  # build eagerly: the first use may be inside jit  # noqa: B018
-
-    @cached_property
-    def tokenizer(self):
-        return CharTokenizer(string.ascii_lowercase[: self.num_chars])
-
-    def prompt_texts(self):
-        return list(self.tokenizer.alphabet)
 
     @cached_property
     def gold_model(self):
