@@ -53,3 +53,26 @@ class CharTokenizer:
         for row, ids in enumerate(encoded):
             tokens[row, : len(ids)] = ids
         return tokens, lens
+
+
+class ByteTokenizer:
+    """UTF-8 bytes: byte ``b`` is id ``b + 1``; ``0`` is EOS/pad. Any text can be encoded."""
+
+    eos_id = EOS_ID
+    pad_id = EOS_ID
+    vocab_size = 257
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1 for b in text.encode("utf-8")]
+
+    def decode(self, ids, stop_at_eos: bool = True) -> str:
+        out = bytearray()
+        for i in np.asarray(ids).tolist():
+            if i == EOS_ID:
+                if stop_at_eos:
+                    break
+                continue
+            if not 0 < i < self.vocab_size:
+                raise ValueError(f"token id {i} is outside the vocabulary [0, {self.vocab_size})")
+            out.append(i - 1)
+        return out.decode("utf-8", errors="replace")

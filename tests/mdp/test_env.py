@@ -135,3 +135,13 @@ def test_char_tokenizer_round_trip_and_errors():
         tok.encode("az")
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tok.decode([7])
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    from jirl.mdp.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    text = "Human: héllo ✓\n\nAssistant:"
+    ids = tok.encode(text)
+    assert min(ids) >= 1 and max(ids) < tok.vocab_size and len(ids) == len(text.encode())
+    assert tok.decode(ids + [0, 5]) == text
