@@ -3,7 +3,7 @@
 1. An expert pi_E = pi*_beta (the exact KL-regularised optimum of the task's gold reward over a
    uniform reference) writes ``num_demos`` demonstrations, stored as a TFDS ``array_record``
    dataset and read back through grain.
-2. A small Llama-family policy is trained on them by SFT (behaviour cloning) with the jit
+2. A small GPT-2-family policy is trained on them by SFT (behaviour cloning) with the jit
    update step, checkpointed with Orbax (``--resume`` continues exactly).
 3. The exact oracle scores the policy: KL(pi_E || pi_theta), the gold reward of the policy,
    the expert and the untrained reference, logged over training and printed as a table.
@@ -25,7 +25,8 @@ from jirl.data.loader import batch_iterator
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
 from jirl.mdp.tasks import TaskConfig, build_task
-from jirl.models.transformer import ModelSize, Transformer, forward
+from jirl.models.scoring import logits_fn
+from jirl.models.transformer import ModelSize, Transformer
 from jirl.train.loop import TrainConfig, fit, make_optimizer
 from jirl.train.sft import sft_loss
 from jirl.train.step import init_train_state, make_update_step
@@ -47,11 +48,10 @@ class QuickstartConfig:
 
 
 def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
-    """``state -> {kl_expert_policy, gold_reward}`` computed exactly over the task's tree."""
-    logits = jax.jit(lambda params, tokens: forward(graphdef, params, tokens).logits)
+    """``params -> {kl_expert_policy, gold_reward}`` computed exactly over the task's tree."""
 
     def evaluate(params):
-        policy = oracle.log_probs_from_logits_fn(spec, lambda tokens: logits(params, tokens))
+        policy = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, params))
         return {
             "kl_expert_policy": float(oracle.kl_divergence(spec, expert_log_probs, policy)),
             "gold_reward": float(oracle.expected_reward(spec, policy, rewards)),
@@ -90,7 +90,7 @@ def run(config: QuickstartConfig, run: RunDir) -> dict:
     step = make_update_step(sft_loss(graphdef), optimizer, config.train.accumulation_steps)
     state = fit(
         run, step, state, batches,
-        steps=config.train.steps, config=config_to_dict(config), train=config.train, resume=run.resume,
+        config=config_to_dict(config), train=config.train, resume=run.resume,
         evaluate=lambda s: evaluate(s.full_params),
     )
 

@@ -154,9 +154,22 @@ def parse_union(text: str, annotation: Any) -> Any:
 def apply_overrides(config: C, overrides: Sequence[str]) -> C:
     """Return a copy of ``config`` with each ``key=value`` override applied in order."""
     for override in overrides:
-        key, text = split_override(override)
-        config = set_key(config, key, text)
+        key, value = parse_override(type(config), override)
+        config = replace_path(config, key.split("."), value)
     return config
+
+
+def parse_override(cls: type, override: str) -> tuple[str, Any]:
+    """``"key=text"`` -> ``(key, value)`` typed by config class ``cls``'s annotation of key."""
+    key, text = split_override(override)
+    leaves = leaf_annotations(cls)
+    if key not in leaves:
+        raise ConfigError(not_a_leaf_message(key, leaves))
+    annotation = leaves[key]
+    try:
+        return key, parse_text(text, annotation)
+    except ValueError:
+        raise ConfigError(f"{key} expects {describe_type(annotation)}, got {text!r}") from None
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -165,19 +178,6 @@ def split_override(override: str) -> tuple[str, str]:
     if not sep or not key:
         raise ConfigError(f"invalid override {override!r}: the form is key=value, e.g. seed=1")
     return key, text
-
-
-def set_key(config: C, key: str, text: str) -> C:
-    """Return a copy of ``config`` with dotted ``key`` set from command-line ``text``."""
-    leaves = leaf_annotations(type(config))
-    if key not in leaves:
-        raise ConfigError(not_a_leaf_message(key, leaves))
-    annotation = leaves[key]
-    try:
-        value = parse_text(text, annotation)
-    except ValueError:
-        raise ConfigError(f"{key} expects {describe_type(annotation)}, got {text!r}") from None
-    return replace_path(config, key.split("."), value)
 
 
 def not_a_leaf_message(key: str, leaves: Mapping[str, Any]) -> str:

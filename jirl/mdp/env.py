@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jirl.checks import check_lengths
+
 
 @struct.dataclass
 class MDPState:
@@ -36,6 +38,7 @@ def reset(prompt_tokens, prompt_lens, horizon: int, eos_id: int) -> MDPState:
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
     batch, width = prompt_tokens.shape
+    check_lengths(prompt_lens, width)  # a task reads the token before each action
     in_prompt = jnp.arange(width)[None, :] < prompt_lens[:, None]
     tokens = jnp.full((batch, width + horizon), eos_id, jnp.int32)
     tokens = tokens.at[:, :width].set(jnp.where(in_prompt, prompt_tokens, eos_id))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jirl.checks import check_lengths, check_token_ids
-from jirl.models.scoring import token_log_probs
+from jirl.models.scoring import response_mask, token_log_probs
 from jirl.models.transformer import KVCache, forward
 
 
@@ -118,7 +118,7 @@ def _generate(graphdef, params, prompt_tokens, prompt_lens, key, config: Samplin
         prefill.cache,
         key,
         jnp.full((batch, horizon), config.eos_id, jnp.int32),
-        jnp.zeros((batch, horizon), jnp.float32),
+        jnp.zeros((batch, horizon), first_logits.dtype),
         jnp.zeros((batch,), bool),
     )
     _, _, _, _, response, log_probs, done = jax.lax.while_loop(cond, body, init)
@@ -127,7 +127,7 @@ def _generate(graphdef, params, prompt_tokens, prompt_lens, key, config: Samplin
     is_eos = response == config.eos_id
     ended = jnp.any(is_eos, axis=1)
     response_lens = jnp.where(ended, jnp.argmax(is_eos, axis=1) + 1, horizon)
-    mask = jnp.arange(horizon)[None, :] < response_lens[:, None]
+    mask = response_mask(response_lens, horizon)
 
     buffer = jnp.full((batch, width + horizon), config.eos_id, jnp.int32)
     prompt_slots = jnp.arange(width)[None, :] < prompt_lens[:, None]
@@ -183,6 +183,8 @@ def generate(graphdef, params, prompt_tokens, prompt_lens, key, config: Sampling
         )
     check_token_ids(prompt_tokens, model_config.vocab_size, "prompt_tokens")
     check_lengths(prompt_lens, width)
+    if config.top_k > model_config.vocab_size:
+        raise ValueError(f"top_k={config.top_k} exceeds the vocabulary size {model_config.vocab_size}")
     if not 0 <= config.eos_id < model_config.vocab_size:
         raise ValueError(f"eos_id {config.eos_id} is outside the vocabulary [0, {model_config.vocab_size})")
     return _generate(graphdef, params, prompt_tokens, prompt_lens, key, config)

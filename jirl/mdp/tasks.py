@@ -52,13 +52,12 @@ class TaskConfig:
 
 
 def build_task(config: TaskConfig) -> "Task":
-    """The task named by ``config``, its ``args`` parsed by the task's field types."""
-    from jirl.config import apply_overrides
+    """The task named by ``config``, its ``args`` parsed by the task's field types (the task is
+    built once, with all of them)."""
+    from jirl.config import parse_override
 
-    default = TASKS.get(config.name)()
-    if not config.args:
-        return default
-    return apply_overrides(default, config.args)
+    cls = TASKS.get(config.name)
+    return cls(**dict(parse_override(cls, arg) for arg in config.args))
 
 
 def make_task(name: str, **params) -> "Task":

@@ -10,6 +10,8 @@ All ``[batch, time]`` quantities in jirl (log-probs, rewards, masks) use this re
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -52,7 +54,13 @@ def response_log_probs(
     return token_log_probs(step_logits, targets, temperature)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, params, tokens):
+    return forward(graphdef, params, tokens).logits
+
+
 def logits_fn(graphdef, params):
-    """A jitted ``tokens [batch, time] -> logits [batch, time, vocab]`` of a split model, the
-    form the exact oracle takes a reference or policy model in."""
-    return jax.jit(lambda tokens: forward(graphdef, params, tokens).logits)
+    """``tokens [batch, time] -> logits [batch, time, vocab]`` of a split model, the form the
+    exact oracle takes a reference or policy model in. Compiled once per graph and shape; the
+    parameters are an argument, not constants baked into the program."""
+    return functools.partial(_logits, graphdef, params)

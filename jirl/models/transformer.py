@@ -249,6 +249,11 @@ class Transformer(nnx.Module):
         (prefill and incremental decoding are the same call).
         """
         b, t = tokens.shape
+        if cache is None and t > self.config.max_len:
+            raise ValueError(
+                f"sequence length {t} exceeds the model's context max_len={self.config.max_len}; "
+                "shorten or pad the batch to at most max_len, or build the model with a larger max_len"
+            )
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         x = self.embed(tokens)
@@ -285,7 +290,7 @@ class ModelSize:
     d_model: int = 64
     num_layers: int = 2
     num_heads: int = 4
-    num_kv_heads: int | None = 2
+    num_kv_heads: int | None = None  # None: one kv head per query head; fewer gives GQA
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def build(self, vocab_size: int, max_len: int) -> TransformerConfig:

@@ -187,6 +187,18 @@ class CheckpointManager:
             )
         return self._load_newest_readable(steps, abstract_state)
 
+    def metadata(self, step: int | None = None) -> dict:
+        """The JSON metadata saved with checkpoint ``step`` (default: the newest), without
+        loading any arrays: check a run's config before restoring into its shapes."""
+        steps = self.steps()
+        if not steps:
+            raise CheckpointNotFoundError(f"no complete checkpoint in {self.directory}")
+        step = steps[-1] if step is None else step
+        custom = ocp.metadata(self.step_path(step)).custom_metadata or {}
+        if METADATA not in custom:
+            raise CheckpointNotFoundError(f"checkpoint {self.step_path(step)} has no readable metadata")
+        return custom[METADATA]
+
     def _load_newest_readable(self, steps: list[int], abstract_state: Any) -> tuple[Any, dict]:
         newest_first = steps[::-1]
         failures = []

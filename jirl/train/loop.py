@@ -71,6 +71,19 @@ def tokens_in(batch: dict) -> int:
     return int(np.asarray(batch["tokens"]).size)
 
 
+def process_rows(global_batch: dict) -> dict:
+    """This process's share of a global batch. Every process iterates the same global batch
+    stream (same seed, same iterator state in every checkpoint) and keeps its own rows."""
+    count, index = jax.process_count(), jax.process_index()
+    if count == 1:
+        return global_batch
+    rows = len(next(iter(global_batch.values())))
+    if rows % count:
+        raise ValueError(f"global batch size {rows} is not divisible by the {count} processes")
+    share = rows // count
+    return {k: v[index * share : (index + 1) * share] for k, v in global_batch.items()}
+
+
 def _abstract(state):
     return jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state
@@ -102,30 +115,33 @@ def fit(
     state: TrainState,
     batches: Iterator[dict],
     *,
-    steps: int,
     config: dict,
     train: TrainConfig | None = None,
     resume: bool = False,
     evaluate: Callable[[TrainState], dict] | None = None,
     progress: bool = True,
 ) -> TrainState:
-    """Run ``step_fn`` (from ``make_update_step``) until ``state.step == steps``.
+    """Run ``step_fn`` (from ``make_update_step``) until ``state.step == train.steps``.
 
     Every ``train.eval_every`` steps ``evaluate(state)`` (deterministic metrics) is logged;
     every ``train.checkpoint_every`` steps and at the end the state, ``config`` and
     ``batches.get_state()`` are checkpointed. A NaN/inf loss raises ``NonFiniteLossError``
     naming the step; the checkpoints already written are kept.
     """
-    train = train or TrainConfig(steps=steps)
+    train = train or TrainConfig()
+    steps = train.steps  # the learning-rate schedule of make_optimizer(train) assumes this length
     mesh = make_mesh(data=train.mesh_data, fsdp=train.mesh_fsdp)
     state = shard_state(state, mesh, train.sharding)
     manager = CheckpointManager(run.path / CHECKPOINT_DIR, keep_last=train.keep_checkpoints)
     if resume:
+        if manager.latest_step() is not None:  # compare settings before loading any array
+            check_resume_config(manager.metadata()["config"], config)
         state, metadata = manager.restore(_abstract(state))
         check_resume_config(metadata["config"], config)
         batches.set_state(metadata["data_state"])
-        for name in (METRICS_FILE, TIMING_FILE):
-            truncate_metrics(run.path / name, int(state.step))
+        if jax.process_index() == 0:
+            for name in (METRICS_FILE, TIMING_FILE):
+                truncate_metrics(run.path / name, int(state.step))
     elif manager.latest_step() is not None:
         raise JirlError(f"{manager.directory} already holds checkpoints; pass --resume to continue that run")
 
@@ -135,7 +151,7 @@ def fit(
     try:
         for step in range(start, steps):
             host_batch = next(batches)
-            batch = shard_batch(host_batch, mesh)
+            batch = shard_batch(process_rows(host_batch), mesh)
             shapes = tuple(sorted((k, v.shape) for k, v in host_batch.items()))
             if shapes not in compiled:
                 began = time.perf_counter()

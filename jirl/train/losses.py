@@ -30,7 +30,12 @@ class LossOutput:
     @property
     def value(self) -> jax.Array:
         """The mean ``total / count`` (0 when nothing counts)."""
-        return self.total / jnp.maximum(self.count, 1)
+        return safe_divide(self.total, self.count)
+
+
+def safe_divide(total, count):
+    """``total / count``, or 0 where ``count == 0`` (counts may be fractional weights)."""
+    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0.0)
 
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[LossOutput, dict]]

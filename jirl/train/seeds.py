@@ -40,9 +40,15 @@ def init_members(init: Callable[[jax.Array], TrainState], keys: jax.Array, hyper
 def set_hyperparams(opt_state, values: dict, num_members: int):
     """Replace ``opt_state.hyperparams[name]`` (found anywhere in a chain) with per-member values."""
 
+    replaced = []
+
     def visit(node):
         if hasattr(node, "hyperparams") and hasattr(node, "_replace"):  # optax.inject_hyperparams state
             hyperparams = dict(node.hyperparams)
+            unknown = sorted(set(values) - set(hyperparams))
+            if unknown:
+                raise ValueError(f"hyperparameters {unknown} are not injected; the optimizer has {sorted(hyperparams)}")
+            replaced.append(node)
             for name, value in values.items():
                 value = jnp.asarray(value, hyperparams[name].dtype)
                 if value.shape != (num_members,):
@@ -54,7 +60,7 @@ def set_hyperparams(opt_state, values: dict, num_members: int):
         return node
 
     new_state = visit(opt_state)
-    if new_state is opt_state:
+    if not replaced:
         raise ValueError("no optax.inject_hyperparams state found; wrap the optimizer with optax.inject_hyperparams")
     return new_state
 

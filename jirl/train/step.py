@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from jirl.train.losses import LossFn
+from jirl.train.losses import LossFn, safe_divide
 
 
 @struct.dataclass
@@ -131,8 +131,8 @@ def update_fn(
         grads, total, count, objective_metrics = accumulate_gradients(
             loss_fn, state.params, state.frozen, batch, step_key, accumulation_steps
         )
-        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(count, 1), grads)
-        loss = total / jnp.maximum(count, 1)
+        grads = jax.tree_util.tree_map(lambda g: safe_divide(g, count), grads)
+        loss = safe_divide(total, count)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

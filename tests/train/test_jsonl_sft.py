@@ -33,6 +33,6 @@ def test_sft_on_local_jsonl_learns_the_responses(tmp_path):
     run.path.mkdir()
     train = TrainConfig(steps=150, checkpoint_every=150, eval_every=1000)
     fit(run, make_update_step(sft_loss(graphdef), optimizer), state, batch_iterator(source, 8, seed=0),
-        steps=150, config={}, train=train, progress=False)
+        config={}, train=train, progress=False)
     losses = [json.loads(line)["loss"] for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert losses[0] > 1.0 and losses[-1] < 0.1  # the eight reversals are memorised

@@ -118,7 +118,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_good_checkpoint(
     train = TrainConfig(steps=20, checkpoint_every=5, eval_every=100)
     with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 7; .*last good checkpoint \(step 5\)"):
         fit(run, make_update_step(loss_fn, optimizer), state, PoisonedBatches(poison_at=7),
-            steps=20, config={"x": 1}, train=train, progress=False)
+            config={"x": 1}, train=train, progress=False)
     manager = CheckpointManager(tmp_path / "checkpoints")
     assert manager.steps() == [5]
     restored, metadata = manager.restore(jax.eval_shape(lambda: state))
