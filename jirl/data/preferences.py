@@ -397,11 +397,12 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
     @classmethod
     def split_files(cls, manual_dir: str | os.PathLike) -> dict[str, Path]:
-        raise NotImplementedError
+        """``{split: path}`` of the manual files this builder reads (each subclass says which)."""
+        raise TypeError(f"{cls.__name__} must define split_files")
 
     def _read_splits(self, files: dict[str, Path]) -> tuple[dict[str, tuple[Path, list[PreferencePair]]], dict]:
         """``{split: (source file, kept pairs)}`` and the files' read reports keyed by file name."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _read_splits")
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -87,6 +87,7 @@ def sequence_rewards(task, tokens, prompt_lens, response_lens) -> jax.Array:
     past ``response_lens`` are 0. Equals the rewards that ``step`` hands out one at a time.
     """
     horizon = task.horizon
+    tokens, prompt_lens, response_lens = (jnp.asarray(x, jnp.int32) for x in (tokens, prompt_lens, response_lens))
 
     def reward_at(t):
         t_vec = jnp.full_like(prompt_lens, t)

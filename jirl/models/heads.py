@@ -62,3 +62,15 @@ class SequenceRewardModel(nnx.Module):
 
     def __call__(self, tokens, lengths):
         return self.head(self.backbone(tokens).hidden, lengths)
+
+
+class TokenRewardModel(nnx.Module):
+    """A transformer backbone with a ``TokenRewardHead``: ``r [batch, time]``, entry ``j`` the
+    reward of the token at slot ``j`` given the tokens up to it (a process / token-level RM)."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.backbone = Transformer(config, rngs=rngs)
+        self.head = TokenRewardHead(config.d_model, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.head(self.backbone(tokens).hidden)
