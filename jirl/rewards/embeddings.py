@@ -13,35 +13,52 @@ import numpy as np
 from jirl.models.transformer import forward
 
 
-def pool_hidden(hidden, lengths, pooling: Literal["last", "mean"] = "last"):
-    """``[B, L, d] -> [B, d]``: the last real token's hidden state, or the mean over the first
-    ``lengths`` positions (left-aligned buffers)."""
+Pooling = Literal["last", "mean", "response_mean"]
+
+
+def pool_hidden(hidden, lengths, pooling: Pooling = "last", starts=None):
+    """``[B, L, d] -> [B, d]`` for left-aligned buffers of ``lengths`` tokens: the last real
+    token's hidden state (``last``), the mean over all real tokens (``mean``), or the mean over
+    slots ``starts..lengths-1`` (``response_mean`` with ``starts`` = prompt lengths: the
+    response only, which is all that differs between two answers to one prompt)."""
     if pooling == "last":
         index = jnp.maximum(lengths - 1, 0)[:, None, None]
         return jnp.take_along_axis(hidden, index, axis=1)[:, 0]
-    if pooling == "mean":
-        mask = (jnp.arange(hidden.shape[1])[None, :] < lengths[:, None]).astype(hidden.dtype)
-        return jnp.sum(hidden * mask[..., None], axis=1) / jnp.maximum(mask.sum(1, keepdims=True), 1)
-    raise ValueError(f"unknown pooling {pooling!r}; use 'last' or 'mean'")
+    if pooling not in ("mean", "response_mean"):
+        raise ValueError(f"unknown pooling {pooling!r}; use 'last', 'mean' or 'response_mean'")
+    if pooling == "response_mean" and starts is None:
+        raise ValueError("response_mean pooling needs starts= (the prompt lengths)")
+    slots = jnp.arange(hidden.shape[1])[None, :]
+    mask = slots < lengths[:, None]
+    if pooling == "response_mean":
+        mask &= slots >= starts[:, None]
+    mask = mask.astype(hidden.dtype)
+    return jnp.sum(hidden * mask[..., None], axis=1) / jnp.maximum(mask.sum(1, keepdims=True), 1)
 
 
-def embed_sequences(graphdef, params, tokens, lengths, pooling: str = "last", batch_size: int = 64) -> np.ndarray:
-    """Embeddings ``[N, d]`` (float32 NumPy) of left-aligned sequences, in fixed-size chunks so
-    the forward pass compiles once (the last chunk is padded)."""
+def embed_sequences(
+    graphdef, params, tokens, lengths, pooling: Pooling = "last", batch_size: int = 64, starts=None
+) -> np.ndarray:
+    """Embeddings ``[N, d]`` (float32 NumPy) of left-aligned sequences (see ``pool_hidden``), in
+    fixed-size chunks so the forward pass compiles once (the last chunk is padded)."""
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    starts = np.zeros_like(lengths) if starts is None else np.asarray(starts)
+    if pooling == "response_mean" and not starts.any():
+        raise ValueError("response_mean pooling needs starts= (the prompt lengths)")
 
     @jax.jit
-    def embed_chunk(tokens, lengths):
-        return pool_hidden(forward(graphdef, params, tokens).hidden, lengths, pooling).astype(jnp.float32)
+    def embed_chunk(tokens, lengths, starts):
+        hidden = forward(graphdef, params, tokens).hidden
+        return pool_hidden(hidden, lengths, pooling, starts).astype(jnp.float32)
 
     out = []
-    for start in range(0, len(tokens), batch_size):
-        chunk, chunk_lens = tokens[start : start + batch_size], lengths[start : start + batch_size]
-        pad = batch_size - len(chunk)
+    for first in range(0, len(tokens), batch_size):
+        rows = slice(first, first + batch_size)
+        chunk = [tokens[rows], lengths[rows], starts[rows]]
+        pad = batch_size - len(chunk[0])
         if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            chunk_lens = np.concatenate([chunk_lens, np.repeat(chunk_lens[-1:], pad)])
-        out.append(np.asarray(embed_chunk(chunk, chunk_lens))[: batch_size - pad])
+            chunk = [np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for x in chunk]
+        out.append(np.asarray(embed_chunk(*chunk))[: batch_size - pad])
     return np.concatenate(out)
 
 
