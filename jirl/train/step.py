@@ -51,6 +51,9 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key, train
     """Split ``params`` into trainable and frozen parts by the nnx filter ``trainable``
     (e.g. ``nnx.PathContains("lm_head")`` or ``lambda path, value: ...``) and init the optimizer
     on the trainable part only."""
+    # The state owns copies: donating it to the step then never invalidates the caller's arrays
+    # (for example a reference model built from the same initial parameters).
+    params = jax.tree_util.tree_map(jnp.copy, params)
     trainable_params, frozen = nnx.split_state(params, trainable, ...)
     if not jax.tree_util.tree_leaves(trainable_params):
         raise ValueError("the trainable filter matched no parameters; nothing would be trained")

@@ -1,0 +1,117 @@
+"""The RL loop for language policies: sample -> reward -> advantages -> minibatch updates.
+
+One iteration (``rl_iteration``):
+
+1. ``prompts_per_iteration`` prompts, each answered ``group_size`` times by the sampler
+   (log-probs from the shared scoring path, contract 3);
+2. dense ``[batch, time]`` rewards from the task (or any reward function), minus the per-token
+   KL to the frozen reference when ``kl_in == "reward"`` (InstructGPT style);
+3. advantages from any registered estimator (``ADVANTAGES``);
+4. ``epochs`` passes of ``minibatches`` updates of a registered policy loss (``POLICY_LOSSES``),
+   with the KL in the loss instead when ``kl_in == "loss"`` (GRPO style), through the jit
+   update step of ``jirl.train.step``.
+
+Critic-based PPO (GAE with a value head) is not wired in yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jirl.mdp.env import sequence_rewards
+from jirl.mdp.sampler import SamplingConfig, generate
+from jirl.models.scoring import response_log_probs
+from jirl.rl.advantages import ADVANTAGES, check_rewards
+from jirl.rl.kl import kl_loss_terms, kl_penalized_rewards, kl_terms
+from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, masked_mean
+
+
+@dataclasses.dataclass
+class RLConfig:
+    advantage: str = "rloo"  # a name in ADVANTAGES
+    policy_loss: str = "pg"  # a name in POLICY_LOSSES
+    aggregation: Literal["token_mean", "sequence_mean", "sequence_sum"] = "sequence_sum"
+    group_size: int = 8  # responses per prompt (RLOO/GRPO groups)
+    prompts_per_iteration: int = 16
+    epochs: int = 1
+    minibatches: int = 1
+    kl_coef: float = 0.0  # beta of J = E[R] - beta KL(pi || pi_ref)
+    kl_in: Literal["reward", "loss"] = "reward"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    temperature: float = 1.0
+
+
+def rl_loss(graphdef, config: RLConfig, horizon: int) -> Callable:
+    """``loss_fn(params, batch, key)`` of a policy loss on a batch of sampled responses."""
+    policy_loss = POLICY_LOSSES.get(config.policy_loss)
+
+    def loss_fn(params, batch, key):
+        del key
+        log_probs = response_log_probs(graphdef, params, batch["tokens"], batch["prompt_len"], horizon, config.temperature)
+        mask = batch["mask"]
+        terms, metrics = policy_loss(log_probs, batch["old_log_probs"], batch["advantages"], mask)
+        if config.kl_in == "loss" and config.kl_coef:
+            terms = terms + config.kl_coef * kl_loss_terms(log_probs, batch["ref_log_probs"], config.kl_estimator)
+        return aggregate(terms, mask, config.aggregation), metrics
+
+    return loss_fn
+
+
+def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn=None) -> tuple[dict, dict]:
+    """Sample a batch of responses and compute everything the update needs.
+
+    ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
+    reward. Returns the batch (NumPy) and sampling metrics.
+    """
+    prompt_key, sample_key = jax.random.split(key)
+    prompts, prompt_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
+    prompts = jnp.repeat(prompts, config.group_size, axis=0)
+    prompt_lens = jnp.repeat(prompt_lens, config.group_size)
+    group_ids = jnp.repeat(jnp.arange(config.prompts_per_iteration), config.group_size)
+    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id, temperature=config.temperature)
+    out = generate(graphdef, params, prompts, prompt_lens, sample_key, sampling)
+    reward_fn = reward_fn or (lambda t, p, r: sequence_rewards(task, t, p, r))
+    rewards = reward_fn(out.tokens, out.prompt_lens, out.response_lens)
+    mask = out.response_mask
+    check_rewards(rewards, mask)
+    ref_log_probs = response_log_probs(graphdef, ref_params, out.tokens, out.prompt_lens, task.horizon, config.temperature)
+    shaped = rewards
+    if config.kl_in == "reward" and config.kl_coef:
+        shaped = kl_penalized_rewards(rewards, out.log_probs, ref_log_probs, mask, config.kl_coef, config.kl_estimator)
+    advantages = ADVANTAGES.get(config.advantage)(shaped, mask, group_ids=group_ids)
+    batch = {
+        "tokens": out.tokens, "prompt_len": out.prompt_lens, "mask": mask, "old_log_probs": out.log_probs,
+        "ref_log_probs": ref_log_probs, "advantages": advantages,
+    }
+    kl = jnp.sum(jnp.where(mask, kl_terms(out.log_probs, ref_log_probs, "k1"), 0.0), axis=1)
+    metrics = {
+        "reward": float(jnp.mean(jnp.sum(rewards * mask, axis=1))),
+        "kl_to_reference": float(jnp.mean(kl)),
+        "response_length": float(jnp.mean(out.response_lens)),
+        "truncated_fraction": float(jnp.mean(out.truncated)),
+        "entropy_proxy": float(-masked_mean(out.log_probs, mask)),
+    }
+    return jax.device_get(batch), metrics
+
+
+def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConfig, reward_fn=None):
+    """One collect + update iteration; returns the new train state and metrics."""
+    collect_key, shuffle_key = jax.random.split(key)
+    batch, metrics = collect(collect_key, task, graphdef, state.full_params, ref_params, config, reward_fn)
+    rows = len(batch["tokens"])
+    if rows % config.minibatches:
+        raise ValueError(f"{rows} samples cannot be split into {config.minibatches} minibatches")
+    size = rows // config.minibatches
+    for epoch in range(config.epochs):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), rows))
+        for start in range(0, rows, size):
+            index = order[start : start + size]
+            state, step_metrics = step_fn(state, {k: v[index] for k, v in batch.items()})
+    metrics.update({f"update/{k}": float(v) for k, v in step_metrics.items() if np.ndim(v) == 0})
+    return state, metrics
+
