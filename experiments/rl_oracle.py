@@ -7,8 +7,8 @@ pi*(y|x) ∝ pi_ref(y|x) exp(R(x,y)/beta). The oracle reports, over training,
     gap_fraction = (J(pi*) - J(pi)) / (J(pi*) - J(pi_ref)),   J = E[R] - beta KL(pi || pi_ref),
 
 and KL(pi || pi*). Algorithms: REINFORCE with a batch-mean baseline, RLOO (both plain policy
-gradient) and GRPO (group-normalised advantages, PPO clipped loss, 2 epochs x 2 minibatches).
-Critic-based PPO with GAE is not in this study yet.
+gradient), GRPO (group-normalised advantages, PPO clipped loss, 2 epochs x 2 minibatches) and
+PPO (GAE with a separate critic, clipped policy and value losses, 2 epochs x 2 minibatches).
 
     jirl run rl_oracle --set task.name=sort --set iterations=300
 """
@@ -28,6 +28,7 @@ from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
 from jirl.mdp.tasks import TaskConfig, build_task
 from jirl.models.scoring import logits_fn
+from jirl.models.heads import ValueModel
 from jirl.models.transformer import ModelSize, Transformer
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 from jirl.train.step import init_train_state, make_update_step
@@ -36,7 +37,9 @@ ALGORITHMS = {
     "reinforce_baseline": dict(advantage="reinforce_baseline", policy_loss="pg"),
     "rloo": dict(advantage="rloo", policy_loss="pg"),
     "grpo": dict(advantage="grpo", policy_loss="ppo", epochs=2, minibatches=2),
+    "ppo": dict(advantage="gae", policy_loss="ppo", epochs=2, minibatches=2, lam=0.95),  # with a critic
 }
+CRITIC_ALGORITHMS = ("ppo",)
 
 
 @dataclasses.dataclass
@@ -59,16 +62,22 @@ def train_algorithm(name, config, task, spec, rewards, graphdef, ref_params, ref
         **ALGORITHMS[name],
     )
     optimizer = optax.adam(config.learning_rate)
-    state = init_train_state(ref_params, optimizer, jax.random.key(config.seed))
-    step = make_update_step(rl_loss(graphdef, rl, task.horizon), optimizer)
+    critic_graphdef, params = None, ref_params
+    if name in CRITIC_ALGORITHMS:
+        model_config = config.model.build(task.vocab_size, task.prompt_width + task.horizon)
+        critic_graphdef, critic_params = nnx.split(ValueModel(model_config, rngs=nnx.Rngs(config.seed + 1)))
+        params = nnx.State({"policy": ref_params, "critic": critic_params})
+    state = init_train_state(params, optimizer, jax.random.key(config.seed))
+    step = make_update_step(rl_loss(graphdef, rl, task.horizon, critic_graphdef), optimizer)
     j_star = float(oracle.evaluate(spec, optimum, ref_tree, rewards, config.beta)["objective"])
     j_ref = float(oracle.evaluate(spec, ref_tree, ref_tree, rewards, config.beta)["objective"])
     curve = []
     for iteration in range(1, config.iterations + 1):
         key = jax.random.fold_in(jax.random.key(config.seed), iteration)
-        state, metrics = rl_iteration(key, task, graphdef, state, ref_params, step, rl)
+        state, metrics = rl_iteration(key, task, graphdef, state, ref_params, step, rl, critic_graphdef=critic_graphdef)
         if iteration % config.eval_every == 0 or iteration == config.iterations:
-            policy = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, state.full_params))
+            policy_params = state.full_params["policy"] if critic_graphdef is not None else state.full_params
+            policy = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, policy_params))
             exact = oracle.evaluate(spec, policy, ref_tree, rewards, config.beta, optimum)
             point = {
                 "iteration": iteration,

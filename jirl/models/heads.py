@@ -74,3 +74,15 @@ class TokenRewardModel(nnx.Module):
 
     def __call__(self, tokens):
         return self.head(self.backbone(tokens).hidden)
+
+
+class ValueModel(nnx.Module):
+    """A critic: a transformer backbone with a ``ValueHead``, ``V [batch, time]`` where entry
+    ``j`` is the value of the state whose last token sits at slot ``j``."""
+
+    def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+        self.backbone = Transformer(config, rngs=rngs)
+        self.head = ValueHead(config.d_model, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.head(self.backbone(tokens).hidden)

@@ -11,7 +11,9 @@ One iteration (``rl_iteration``):
    with the KL in the loss instead when ``kl_in == "loss"`` (GRPO style), through the jit
    update step of ``jirl.train.step``.
 
-Critic-based PPO (GAE with a value head) is not wired in yet.
+With a critic (``ValueModel``), the train state's parameters are
+``nnx.State({"policy": ..., "critic": ...})``; the critic's values feed GAE and its clipped
+value loss is added with weight ``value_coef`` (PPO, Schulman et al. 2017).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
-from jirl.models.scoring import response_log_probs
-from jirl.rl.advantages import ADVANTAGES, check_rewards
+from jirl.models.scoring import gather_response, response_log_probs
+from jirl.rl.advantages import ADVANTAGES, check_rewards, gae_returns
 from jirl.rl.kl import kl_loss_terms, kl_penalized_rewards, kl_terms
-from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, masked_mean
+from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, clipped_value_terms, masked_mean
 
 
 @dataclasses.dataclass
@@ -44,29 +47,48 @@ class RLConfig:
     kl_in: Literal["reward", "loss"] = "reward"
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     temperature: float = 1.0
+    gamma: float = 1.0  # GAE discount (token-level MDP: no discounting)
+    lam: float = 0.95  # GAE lambda
+    value_coef: float = 0.5  # weight of the critic's loss (critic runs only)
+    value_clip: float | None = 0.2
 
 
-def rl_loss(graphdef, config: RLConfig, horizon: int) -> Callable:
-    """``loss_fn(params, batch, key)`` of a policy loss on a batch of sampled responses."""
+def critic_values(critic_graphdef, critic_params, tokens, prompt_lens, horizon):
+    """``V(s_t) [B, horizon]``: the critic read at the last token of each state's prefix
+    (slot ``prompt_len + t - 1``), aligned with the response steps."""
+    per_slot = nnx.merge(critic_graphdef, critic_params)(tokens)
+    return gather_response(per_slot, prompt_lens, horizon, shift=-1)
+
+
+def rl_loss(graphdef, config: RLConfig, horizon: int, critic_graphdef=None) -> Callable:
+    """``loss_fn(params, batch, key)`` of a policy loss on a batch of sampled responses (plus
+    the clipped value loss when ``critic_graphdef`` is given and ``params`` holds both)."""
     policy_loss = POLICY_LOSSES.get(config.policy_loss)
 
     def loss_fn(params, batch, key):
         del key
-        log_probs = response_log_probs(graphdef, params, batch["tokens"], batch["prompt_len"], horizon, config.temperature)
+        policy_params = params["policy"] if critic_graphdef is not None else params
+        log_probs = response_log_probs(graphdef, policy_params, batch["tokens"], batch["prompt_len"], horizon, config.temperature)
         mask = batch["mask"]
         terms, metrics = policy_loss(log_probs, batch["old_log_probs"], batch["advantages"], mask)
         if config.kl_in == "loss" and config.kl_coef:
             terms = terms + config.kl_coef * kl_loss_terms(log_probs, batch["ref_log_probs"], config.kl_estimator)
+        if critic_graphdef is not None:
+            values = critic_values(critic_graphdef, params["critic"], batch["tokens"], batch["prompt_len"], horizon)
+            value_terms, _ = clipped_value_terms(values, batch["old_values"], batch["returns"], config.value_clip)
+            terms = terms + config.value_coef * value_terms
+            metrics["value_error"] = masked_mean(jnp.abs(values - batch["returns"]), mask)
         return aggregate(terms, mask, config.aggregation), metrics
 
     return loss_fn
 
 
-def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn=None) -> tuple[dict, dict]:
+def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn=None, critic=None) -> tuple[dict, dict]:
     """Sample a batch of responses and compute everything the update needs.
 
     ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
-    reward. Returns the batch (NumPy) and sampling metrics.
+    reward. ``critic = (critic_graphdef, critic_params)`` adds the values and GAE returns the
+    value loss needs. Returns the batch (NumPy) and sampling metrics.
     """
     prompt_key, sample_key = jax.random.split(key)
     prompts, prompt_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
@@ -83,11 +105,18 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     shaped = rewards
     if config.kl_in == "reward" and config.kl_coef:
         shaped = kl_penalized_rewards(rewards, out.log_probs, ref_log_probs, mask, config.kl_coef, config.kl_estimator)
-    advantages = ADVANTAGES.get(config.advantage)(shaped, mask, group_ids=group_ids)
     batch = {
         "tokens": out.tokens, "prompt_len": out.prompt_lens, "mask": mask, "old_log_probs": out.log_probs,
-        "ref_log_probs": ref_log_probs, "advantages": advantages,
+        "ref_log_probs": ref_log_probs,
     }
+    values = None
+    if critic is not None:
+        values = critic_values(*critic, out.tokens, out.prompt_lens, task.horizon)
+        batch["old_values"] = values
+        batch["returns"] = gae_returns(shaped, mask, values=values, gamma=config.gamma, lam=config.lam)
+    batch["advantages"] = ADVANTAGES.get(config.advantage)(
+        shaped, mask, group_ids=group_ids, values=values, gamma=config.gamma, lam=config.lam
+    )
     kl = jnp.sum(jnp.where(mask, kl_terms(out.log_probs, ref_log_probs, "k1"), 0.0), axis=1)
     metrics = {
         "reward": float(jnp.mean(jnp.sum(rewards * mask, axis=1))),
@@ -99,10 +128,17 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     return jax.device_get(batch), metrics
 
 
-def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConfig, reward_fn=None):
-    """One collect + update iteration; returns the new train state and metrics."""
+def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConfig, reward_fn=None, critic_graphdef=None):
+    """One collect + update iteration; returns the new train state and metrics. With
+    ``critic_graphdef`` the state's parameters hold ``policy`` and ``critic``."""
     collect_key, shuffle_key = jax.random.split(key)
-    batch, metrics = collect(collect_key, task, graphdef, state.full_params, ref_params, config, reward_fn)
+    params = state.full_params
+    if critic_graphdef is not None:
+        critic = (critic_graphdef, params["critic"])
+        params = params["policy"]
+    else:
+        critic = None
+    batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn, critic)
     rows = len(batch["tokens"])
     if rows % config.minibatches:
         raise ValueError(f"{rows} samples cannot be split into {config.minibatches} minibatches")

@@ -8,14 +8,14 @@ from jirl.cli import main
 
 
 @pytest.mark.slow
-def test_rloo_with_kl_in_the_reward_converges_to_the_exact_optimum(tmp_path):
+def test_rloo_and_ppo_with_kl_in_the_reward_converge_to_the_exact_optimum(tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "rl_oracle", "--out", str(out), "--set", "algorithms=rloo", "iterations=150", "eval_every=50"]) == 0
+    assert main(["run", "rl_oracle", "--out", str(out), "--set", "algorithms=rloo,ppo", "iterations=150", "eval_every=50"]) == 0
     results = json.loads((out / "results.json").read_text())
-    rloo = results["algorithms"]["rloo"]
-    assert rloo["gap_fraction"] < 0.05 and rloo["kl_to_optimal"] < 0.05, rloo
-    first = rloo["curve"][0]["gap_fraction"]
-    assert rloo["gap_fraction"] < first  # improves over training
+    for name in ("rloo", "ppo"):
+        result = results["algorithms"][name]
+        assert result["gap_fraction"] < 0.05 and result["kl_to_optimal"] < 0.05, (name, result)
+        assert result["gap_fraction"] < result["curve"][0]["gap_fraction"]  # improves over training
     assert (out / "rl_oracle.png").stat().st_size > 10_000
 
 
