@@ -159,8 +159,10 @@ def hh_study(config: RMNoiseConfig, run: RunDir):
     graphdef, params = embedder_params(config, ByteTokenizer.vocab_size, config.hh.max_len)
     tag = fingerprint(params)[:8]
 
+    splits = {split: stack(data_source(builder, split)) for split in ("train", "test")}
+
     def embed(split, side):
-        pairs = stack(data_source(builder, split))
+        pairs = splits[split]
         lengths = pairs["prompt_len"] + pairs[f"{side}_len"]
         return cached_array(
             run.path / "embeddings" / f"hh-{split}-{side}-{config.hh.pooling}-{tag}.npy",

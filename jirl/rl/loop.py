@@ -88,7 +88,7 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
 
     ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
     reward. ``critic = (critic_graphdef, critic_params)`` adds the values and GAE returns the
-    value loss needs. Returns the batch (NumPy) and sampling metrics.
+    value loss needs. Returns the batch (device arrays) and sampling metrics.
     """
     prompt_key, sample_key = jax.random.split(key)
     prompts, prompt_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
@@ -125,7 +125,7 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
         "truncated_fraction": float(jnp.mean(out.truncated)),
         "entropy_proxy": float(-masked_mean(out.log_probs, mask)),
     }
-    return jax.device_get(batch), metrics
+    return batch, metrics
 
 
 def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConfig, reward_fn=None, critic_graphdef=None):
@@ -138,16 +138,20 @@ def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConf
         params = params["policy"]
     else:
         critic = None
+    rows = config.prompts_per_iteration * config.group_size
+    if config.epochs < 1 or config.minibatches < 1 or rows % config.minibatches:
+        raise ValueError(
+            f"need epochs >= 1 and minibatches >= 1 dividing the {rows} samples per iteration; "
+            f"got epochs={config.epochs}, minibatches={config.minibatches}"
+        )
     batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn, critic)
-    rows = len(batch["tokens"])
-    if rows % config.minibatches:
-        raise ValueError(f"{rows} samples cannot be split into {config.minibatches} minibatches")
     size = rows // config.minibatches
     for epoch in range(config.epochs):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), rows))
+        # Minibatches are gathered on device: the sampled batch never goes back to the host.
+        order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), rows)
         for start in range(0, rows, size):
             index = order[start : start + size]
-            state, step_metrics = step_fn(state, {k: v[index] for k, v in batch.items()})
+            state, step_metrics = step_fn(state, jax.tree_util.tree_map(lambda v: v[index], batch))
     metrics.update({f"update/{k}": float(v) for k, v in step_metrics.items() if np.ndim(v) == 0})
     return state, metrics
 

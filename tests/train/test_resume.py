@@ -16,7 +16,9 @@ import optax
 import pytest
 from flax import nnx
 
+from experiments.quickstart import QuickstartConfig
 from jirl.cli import main
+from jirl.config import apply_overrides, config_to_dict
 from jirl.experiment import RunDir
 from jirl.models.transformer import Transformer, llama_tiny
 from jirl.train.checkpoint import CheckpointManager
@@ -71,13 +73,23 @@ def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path, cap
     assert "train.learning_rate" in err and "seed" in err and "train.steps" not in err
 
 
-def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
-    out = tmp_path / "empty"
+def test_resume_of_a_run_folder_without_checkpoints_says_so(tmp_path, capsys):
+    out = tmp_path / "no_checkpoints"
     out.mkdir()
-    (out / "config.json").write_text(json.dumps({"experiment": "quickstart", "config": {}}))
-    code = main(["run", "quickstart", "--out", str(out), "--resume"])
+    config = config_to_dict(apply_overrides(QuickstartConfig(), SMALL))
+    (out / "config.json").write_text(json.dumps({"experiment": "quickstart", "config": config}))
+    code = main(["run", "quickstart", "--out", str(out), "--resume", "--set", *SMALL])
     assert code == 2
-    assert "differs" in capsys.readouterr().err  # an empty saved config differs from the defaults
+    err = capsys.readouterr().err
+    assert "no complete checkpoint" in err and "checkpoints" in err
+
+
+def test_resume_with_a_saved_config_of_other_settings_lists_them(tmp_path, capsys):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"experiment": "quickstart", "config": {"seed": 7}}))
+    assert main(["run", "quickstart", "--out", str(out), "--resume"]) == 2
+    assert "differs from the saved run in" in capsys.readouterr().err
 
 
 class PoisonedBatches:
