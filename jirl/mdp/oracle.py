@@ -501,6 +501,23 @@ def enumerate_state_tokens(spec: TreeSpec, depth: int) -> np.ndarray:
     return transition_tokens(spec, prompt_index, depth, state_index)
 
 
+def complete_response_tokens(spec: TreeSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Every complete response of every prompt: buffers ``[P, S, Lp+H]`` and response lengths
+    ``[P, S]``, ordered by depth, then state, then terminal action (the order of
+    ``jirl.mdp.best_of_n.complete_sequences``)."""
+    buffers, lengths = [], []
+    for depth in range(spec.horizon):
+        actions = np.flatnonzero(terminal_mask(spec, depth))
+        per_prompt = spec.num_states(depth) * len(actions)
+        prompt_index = np.repeat(np.arange(spec.num_prompts), per_prompt)
+        state_index = np.tile(np.repeat(np.arange(spec.num_states(depth)), len(actions)), spec.num_prompts)
+        action = np.tile(actions, spec.num_prompts * spec.num_states(depth))
+        tokens = transition_tokens(spec, prompt_index, depth, state_index, action)
+        buffers.append(tokens.reshape(spec.num_prompts, per_prompt, spec.buffer_width))
+        lengths.append(np.full((spec.num_prompts, per_prompt), depth + 1, np.int32))
+    return np.concatenate(buffers, axis=1), np.concatenate(lengths, axis=1)
+
+
 def _chunks(num_rows: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Fixed-size row chunks (so a jitted fn compiles once): (row ids, valid mask).
 

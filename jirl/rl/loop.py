@@ -83,45 +83,65 @@ def rl_loss(graphdef, config: RLConfig, horizon: int, critic_graphdef=None) -> C
     return loss_fn
 
 
+def score_responses(out, task, graphdef, ref_params, config: RLConfig, reward_fn=None):
+    """Rewards ``[B, T]`` of sampled responses, the same minus the per-token KL to the
+    reference when ``kl_in == "reward"`` (the "shaped" rewards the advantages see), and the
+    reference log-probs. ``reward_fn`` defaults to the task's gold reward."""
+    reward_fn = reward_fn or (lambda t, p, r: sequence_rewards(task, t, p, r))
+    rewards = reward_fn(out.tokens, out.prompt_lens, out.response_lens)
+    check_rewards(rewards, out.response_mask)
+    ref_log_probs = response_log_probs(graphdef, ref_params, out.tokens, out.prompt_lens, task.horizon, config.temperature)
+    shaped = rewards
+    if config.kl_in == "reward" and config.kl_coef:
+        shaped = kl_penalized_rewards(rewards, out.log_probs, ref_log_probs, out.response_mask, config.kl_coef, config.kl_estimator)
+    return rewards, shaped, ref_log_probs
+
+
 def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn=None, critic=None) -> tuple[dict, dict]:
     """Sample a batch of responses and compute everything the update needs.
 
     ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
-    reward. ``critic = (critic_graphdef, critic_params)`` adds the values and GAE returns the
-    value loss needs. Returns the batch (device arrays) and sampling metrics.
+    reward (``jirl.rewards.models.reward_model_rewards`` wraps a learned reward model).
+    ``critic = (critic_graphdef, critic_params)`` adds the values and GAE returns the value
+    loss needs; ``advantage="remax"`` also decodes each prompt greedily for the baseline.
+    Returns the batch (device arrays) and sampling metrics.
     """
     prompt_key, sample_key = jax.random.split(key)
-    prompts, prompt_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
-    prompts = jnp.repeat(prompts, config.group_size, axis=0)
-    prompt_lens = jnp.repeat(prompt_lens, config.group_size)
+    unique_prompts, unique_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
+    prompts = jnp.repeat(unique_prompts, config.group_size, axis=0)
+    prompt_lens = jnp.repeat(unique_lens, config.group_size)
     group_ids = jnp.repeat(jnp.arange(config.prompts_per_iteration), config.group_size)
     sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id, temperature=config.temperature)
     out = generate(graphdef, params, prompts, prompt_lens, sample_key, sampling)
-    reward_fn = reward_fn or (lambda t, p, r: sequence_rewards(task, t, p, r))
-    rewards = reward_fn(out.tokens, out.prompt_lens, out.response_lens)
+    rewards, shaped, ref_log_probs = score_responses(out, task, graphdef, ref_params, config, reward_fn)
     mask = out.response_mask
-    check_rewards(rewards, mask)
-    ref_log_probs = response_log_probs(graphdef, ref_params, out.tokens, out.prompt_lens, task.horizon, config.temperature)
-    shaped = rewards
-    if config.kl_in == "reward" and config.kl_coef:
-        shaped = kl_penalized_rewards(rewards, out.log_probs, ref_log_probs, mask, config.kl_coef, config.kl_estimator)
     batch = {
         "tokens": out.tokens, "prompt_len": out.prompt_lens, "mask": mask, "old_log_probs": out.log_probs,
         "ref_log_probs": ref_log_probs,
     }
+    baseline = {}
+    if config.advantage == "remax":
+        # ReMax's baseline: the (shaped) return of the greedy response to the same prompt.
+        greedy = generate(graphdef, params, unique_prompts, unique_lens, sample_key, dataclasses.replace(sampling, greedy=True))
+        _, greedy_shaped, _ = score_responses(greedy, task, graphdef, ref_params, config, reward_fn)
+        baseline = {
+            "baseline_rewards": jnp.repeat(greedy_shaped, config.group_size, axis=0),
+            "baseline_mask": jnp.repeat(greedy.response_mask, config.group_size, axis=0),
+        }
     values = None
     if critic is not None:
         values = critic_values(*critic, out.tokens, out.prompt_lens, task.horizon)
         batch["old_values"] = values
         batch["returns"] = gae_returns(shaped, mask, values=values, gamma=config.gamma, lam=config.lam)
     batch["advantages"] = ADVANTAGES.get(config.advantage)(
-        shaped, mask, group_ids=group_ids, values=values, gamma=config.gamma, lam=config.lam
+        shaped, mask, group_ids=group_ids, values=values, gamma=config.gamma, lam=config.lam, **baseline
     )
     kl = jnp.sum(jnp.where(mask, kl_terms(out.log_probs, ref_log_probs, "k1"), 0.0), axis=1)
     metrics = {
         "reward": float(jnp.mean(jnp.sum(rewards * mask, axis=1))),
         "kl_to_reference": float(jnp.mean(kl)),
         "response_length": float(jnp.mean(out.response_lens)),
+        # Responses that hit max_new_tokens without EOS: cut there, and counted here.
         "truncated_fraction": float(jnp.mean(out.truncated)),
         "entropy_proxy": float(-masked_mean(out.log_probs, mask)),
     }
