@@ -68,7 +68,11 @@ def tokens_in(batch: dict) -> int:
     """Real (non-pad) tokens of a batch, for throughput."""
     if "prompt_len" in batch and "response_len" in batch:
         return int(np.sum(batch["prompt_len"]) + np.sum(batch["response_len"]))
-    return int(np.asarray(batch["tokens"]).size)
+    if "chosen_len" in batch and "rejected_len" in batch:  # preference pairs: both responses
+        return int(2 * np.sum(batch["prompt_len"]) + np.sum(batch["chosen_len"]) + np.sum(batch["rejected_len"]))
+    if "tokens" in batch:
+        return int(np.asarray(batch["tokens"]).size)
+    return 0
 
 
 def process_rows(global_batch: dict) -> dict:
