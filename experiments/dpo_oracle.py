@@ -22,18 +22,16 @@ import json
 
 import jax
 import numpy as np
-from flax import nnx
 from rich.table import Table
 
 from jirl.config import ConfigError, config_to_dict
 from jirl.data.builders import data_source, prepare
 from jirl.data.loader import batch_iterator
 from jirl.data.task_preferences import TaskPreferences
+from jirl.eval.exact import ExactSetting
 from jirl.experiment import RunDir, register_experiment
-from jirl.mdp import oracle
-from jirl.mdp.tasks import TaskConfig, build_task
-from jirl.models.scoring import logits_fn
-from jirl.models.transformer import ModelSize, Transformer
+from jirl.mdp.tasks import TaskConfig
+from jirl.models.transformer import ModelSize
 from jirl.preference.losses import PREFERENCE_LOSSES
 from jirl.preference.objective import POLICY_ONLY, check_pairs, with_reference
 from jirl.preference.online import OnlineConfig, online_iteration
@@ -62,21 +60,9 @@ class DPOOracleConfig:
     data_dir: str = ""  # where the pairs dataset is written (default: <run>/data)
 
 
-class ExactEvaluator:
-    """Exact KL(pi || pi*), gold reward and KL(pi || pi_ref) of a policy's parameters."""
-
-    def __init__(self, spec, graphdef, ref_tree, rewards, beta):
-        self.spec, self.graphdef, self.ref_tree, self.rewards, self.beta = spec, graphdef, ref_tree, rewards, beta
-        self.optimum = oracle.solve(spec, ref_tree, rewards, beta).log_probs
-
-    def __call__(self, params) -> dict:
-        policy = oracle.log_probs_from_logits_fn(self.spec, logits_fn(self.graphdef, params))
-        exact = oracle.evaluate(self.spec, policy, self.ref_tree, self.rewards, self.beta, self.optimum)
-        return {
-            "kl_to_optimal": float(exact["kl_to_optimal"]),
-            "gold_reward": float(exact["expected_reward"]),
-            "kl_to_reference": float(exact["kl_to_reference"]),
-        }
+def summary(exact: dict) -> dict:
+    """The three numbers reported per policy, from ``ExactSetting.evaluate``."""
+    return {"kl_to_optimal": exact["kl_to_optimal"], "gold_reward": exact["expected_reward"], "kl_to_reference": exact["kl_to_reference"]}
 
 
 def objective(graphdef, loss: str, beta: float):
@@ -136,13 +122,10 @@ def run(config: DPOOracleConfig, run: RunDir) -> dict:
         raise ConfigError(f"unknown loss(es) {unknown}; choose from {sorted(PREFERENCE_LOSSES.names())}")
     if config.pair_counts and max(config.pair_counts) > config.num_pairs:
         raise ConfigError(f"pair_counts {list(config.pair_counts)} must not exceed num_pairs={config.num_pairs}")
-    task = build_task(config.task)
-    spec = task.tree_spec()
-    rewards = oracle.rewards_from_step_fn(spec, task.step_reward)
-    model_config = config.model.build(task.vocab_size, task.prompt_width + task.horizon)
-    graphdef, reference = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
-    ref_tree = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, reference))
-    evaluate = ExactEvaluator(spec, graphdef, ref_tree, rewards, config.beta)
+    setting = ExactSetting.build(config.task, config.model, config.seed)
+    task, graphdef, reference = setting.task, setting.graphdef, setting.reference
+    optimum = setting.optimum(config.beta)
+    evaluate = lambda params: summary(setting.evaluate(params, config.beta, optimum))  # noqa: E731
 
     # Pairs from a near-uniform pool, labelled with P(a > b) = sigma(R(a) - R(b)).
     builder = prepare(
@@ -153,11 +136,7 @@ def run(config: DPOOracleConfig, run: RunDir) -> dict:
     check_pairs({k: np.stack([source[i][k] for i in range(len(source))]) for k in ("chosen", "rejected", "prompt_len", "chosen_len", "rejected_len")})
 
     results = {"task": task.name, "beta": config.beta, "num_pairs": config.num_pairs, "steps": config.train.steps}
-    results["optimum"] = {
-        "kl_to_optimal": 0.0,
-        "gold_reward": float(oracle.expected_reward(spec, evaluate.optimum, rewards)),
-        "kl_to_reference": float(oracle.kl_divergence(spec, evaluate.optimum, ref_tree)),
-    }
+    results["optimum"] = summary(setting.evaluate_tree(optimum, config.beta, optimum))
     results["reference"] = evaluate(reference)
     results["losses"] = {
         loss: train_offline(run, loss, loss, "train", builder, graphdef, reference, evaluate, config) for loss in config.losses

@@ -25,12 +25,12 @@ from flax import nnx
 from rich.table import Table
 
 from jirl.config import ConfigError
+from jirl.eval.exact import ExactSetting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
-from jirl.mdp.tasks import TaskConfig, build_task
-from jirl.models.scoring import logits_fn
+from jirl.mdp.tasks import TaskConfig
 from jirl.models.heads import ValueModel
-from jirl.models.transformer import ModelSize, Transformer
+from jirl.models.transformer import ModelSize
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 from jirl.train.step import init_train_state, make_update_step
 
@@ -63,7 +63,8 @@ class RLOracleConfig:
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
 
 
-def train_algorithm(name, config, task, spec, rewards, graphdef, ref_params, ref_tree, optimum, run):
+def train_algorithm(name: str, config, setting: ExactSetting, optimum, run: RunDir) -> list[dict]:
+    task, graphdef, ref_params = setting.task, setting.graphdef, setting.reference
     rl = RLConfig(
         kl_coef=config.beta, prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size,
         **ALGORITHMS[name],
@@ -77,22 +78,21 @@ def train_algorithm(name, config, task, spec, rewards, graphdef, ref_params, ref
         params = nnx.State({"policy": ref_params, "critic": critic_params})
     state = init_train_state(params, optimizer, jax.random.key(config.seed))
     step = make_update_step(rl_loss(graphdef, rl, task.horizon, critic_graphdef), optimizer)
-    j_star = float(oracle.evaluate(spec, optimum, ref_tree, rewards, config.beta)["objective"])
-    j_ref = float(oracle.evaluate(spec, ref_tree, ref_tree, rewards, config.beta)["objective"])
+    j_star = setting.evaluate_tree(optimum, config.beta)["objective"]
+    j_ref = setting.evaluate_tree(setting.ref_tree, config.beta)["objective"]
     curve = []
     for iteration in range(1, config.iterations + 1):
         key = jax.random.fold_in(jax.random.key(config.seed), iteration)
         state, metrics = rl_iteration(key, task, graphdef, state, ref_params, step, rl, critic_graphdef=critic_graphdef)
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             policy_params = state.full_params["policy"] if critic_graphdef is not None else state.full_params
-            policy = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, policy_params))
-            exact = oracle.evaluate(spec, policy, ref_tree, rewards, config.beta, optimum)
+            exact = setting.evaluate(policy_params, config.beta, optimum)
             point = {
                 "iteration": iteration,
-                "gap_fraction": (j_star - float(exact["objective"])) / (j_star - j_ref),
-                "kl_to_optimal": float(exact["kl_to_optimal"]),
-                "expected_reward": float(exact["expected_reward"]),
-                "kl_to_reference": float(exact["kl_to_reference"]),
+                "gap_fraction": (j_star - exact["objective"]) / (j_star - j_ref),
+                "kl_to_optimal": exact["kl_to_optimal"],
+                "expected_reward": exact["expected_reward"],
+                "kl_to_reference": exact["kl_to_reference"],
                 "sampled_reward": metrics["reward"],
             }
             curve.append(point)
@@ -105,17 +105,11 @@ def run(config: RLOracleConfig, run: RunDir) -> dict:
     unknown = sorted(set(config.algorithms) - set(ALGORITHMS))
     if unknown:
         raise ConfigError(f"unknown algorithm(s) {unknown}; choose from {sorted(ALGORITHMS)}")
-    task = build_task(config.task)
-    spec = task.tree_spec()
-    rewards = oracle.rewards_from_step_fn(spec, task.step_reward)
-    model_config = config.model.build(task.vocab_size, task.prompt_width + task.horizon)
-    graphdef, ref_params = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
-    ref_params = jax.tree_util.tree_map(jnp.copy, ref_params)
-    ref_tree = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, ref_params))
-    optimum = oracle.solve(spec, ref_tree, rewards, config.beta).log_probs
-    results = {"task": task.name, "beta": config.beta, "algorithms": {}}
+    setting = ExactSetting.build(config.task, config.model, config.seed)
+    optimum = setting.optimum(config.beta)
+    results = {"task": setting.task.name, "beta": config.beta, "algorithms": {}}
     for name in config.algorithms:
-        curve = train_algorithm(name, config, task, spec, rewards, graphdef, ref_params, ref_tree, optimum, run)
+        curve = train_algorithm(name, config, setting, optimum, run)
         final = curve[-1]
         results["algorithms"][name] = {
             "gap_fraction": final["gap_fraction"],
@@ -123,11 +117,9 @@ def run(config: RLOracleConfig, run: RunDir) -> dict:
             "steps": config.iterations,
             "curve": curve,
         }
-    results["optimum"] = {
-        k: float(v) for k, v in oracle.evaluate(spec, optimum, ref_tree, rewards, config.beta).items()
-    }
+    results["optimum"] = setting.evaluate_tree(optimum, config.beta)
     print_table(run, results)
-    plot(run.path_for("rl_oracle.png"), results, spec, ref_tree, rewards)
+    plot(run.path_for("rl_oracle.png"), results, setting.spec, setting.ref_tree, setting.rewards)
     return results
 
 

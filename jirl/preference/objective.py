@@ -17,12 +17,14 @@ Reference-free losses (SimPO, ORPO, SLiC) need neither.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jirl.config import JirlError
+from jirl.config import ConfigError, JirlError
 from jirl.data.errors import DataError
 from jirl.models.scoring import response_log_probs, response_mask
 from jirl.preference.losses import PREFERENCE_LOSSES, UNPAIRED_LOSS_NAMES, implicit_reward, kto_kl_reference
@@ -98,6 +100,17 @@ def add_reference_log_probs(graphdef, reference_params, batch: dict, batch_size:
     return {**batch, "ref_chosen": np.concatenate(chosen), "ref_rejected": np.concatenate(rejected)}
 
 
+def check_options(loss: str, fn, options: dict) -> None:
+    """Refuse options the loss does not take: its ``**unused`` would swallow a typo silently."""
+    named = {
+        name for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("beta", "chosen_len", "rejected_len", "chosen_nll_per_token")
+    }
+    unknown = sorted(set(options) - named)
+    if unknown:
+        raise ConfigError(f"preference loss {loss!r} has no option(s) {unknown}; its options are {sorted(named) or 'none'}")
+
+
 def _reference_sums(graphdef, reference, batch, loss: str):
     if "ref_chosen" in batch and "ref_rejected" in batch:
         return batch["ref_chosen"], batch["ref_rejected"]
@@ -131,6 +144,7 @@ def preference_loss(graphdef, loss: str = "dpo", beta: float = 0.1, sft_weight: 
     if loss in UNPAIRED_LOSS_NAMES:
         raise ValueError(f"{loss!r} is an unpaired loss; use kto_objective")
     pair_loss = PREFERENCE_LOSSES.get(loss)
+    check_options(loss, pair_loss, options)
 
     def loss_fn(params, batch, key):
         del key

@@ -8,6 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
+from jirl.config import ConfigError
 from jirl.data.errors import DataError
 from jirl.mdp import oracle
 from jirl.mdp.sampler import SamplingConfig, generate
@@ -28,6 +29,7 @@ from jirl.preference.objective import (
     with_reference,
 )
 from jirl.preference.online import OnlineConfig, online_iteration
+from jirl.rl.loop import RLConfig, collect
 from jirl.train.losses import OBJECTIVES
 from jirl.train.step import init_train_state, make_update_step
 
@@ -176,6 +178,13 @@ def test_implicit_rewards_sum_to_beta_log_ratio_and_plug_into_the_rl_loop():
     sequence = implicit_sequence_rewards(graphdef, policy, reference, tokens, prompt_len, lens, TASK.horizon, BETA)
     np.testing.assert_allclose(np.asarray(sequence), np.asarray(dense.sum(1)), rtol=1e-5, atol=1e-6)
 
+    # As the RL loop's reward: the sampled batch's rewards are the implicit ones of its samples.
+    reward_fn = implicit_reward_fn(graphdef, policy, reference, TASK.horizon, BETA)
+    batch, metrics = collect(jax.random.key(4), TASK, graphdef, policy, reference, RLConfig(prompts_per_iteration=2, group_size=4), reward_fn=reward_fn)
+    lens = batch["mask"].sum(1)
+    expected = implicit_sequence_rewards(graphdef, policy, reference, batch["tokens"], batch["prompt_len"], lens, TASK.horizon, BETA)
+    assert metrics["reward"] == pytest.approx(float(expected.mean()), rel=1e-4, abs=1e-6)
+
 
 @pytest.mark.slow
 def test_online_dpo_with_a_gold_labeller_raises_the_exact_gold_reward():
@@ -195,3 +204,10 @@ def test_online_dpo_with_a_gold_labeller_raises_the_exact_gold_reward():
         if (iteration + 1) % 20 == 0:
             curve.append(gold(state.full_params["policy"]))
     assert curve[-1] > curve[0] + 0.3 and curve[1] > curve[0], curve
+
+
+def test_a_misspelled_loss_option_is_refused_with_the_valid_ones():
+    graphdef, _, _ = models()
+    with pytest.raises(ConfigError, match=r"no option\(s\) \['label_smoothin'\]; its options are \['label_smoothing'\]"):
+        preference_loss(graphdef, "cdpo", label_smoothin=0.2)
+    preference_loss(graphdef, "simpo", gamma=1.0)  # a real option is accepted
