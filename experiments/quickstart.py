@@ -1,14 +1,19 @@
-"""``jirl run quickstart``: demonstrations -> SFT -> exact evaluation against the oracle.
+"""``jirl run quickstart``: the IRL pipeline, demonstrations -> reward -> RL, checked exactly.
 
 1. An expert pi_E = pi*_beta (the exact KL-regularised optimum of the task's gold reward over a
    uniform reference) writes ``num_demos`` demonstrations, stored as a TFDS ``array_record``
    dataset and read back through grain.
 2. A small GPT-2-family policy is trained on them by SFT (behaviour cloning) with the jit
    update step, checkpointed with Orbax (``--resume`` continues exactly).
-3. The exact oracle scores the policy: KL(pi_E || pi_theta), the gold reward of the policy,
-   the expert and the untrained reference, logged over training and printed as a table.
+3. A reward is learned from the demonstrations by an IRL method (``irl``, AfD by default;
+   ``jirl.irl.methods.IRL_METHODS``), and the SFT policy is trained against it with RLOO and
+   the KL to the method's reference at its beta (the setting whose optimum is the expert).
+4. The exact oracle scores every policy: gold reward and KL(pi_E || pi) for the expert, the
+   SFT policy, the IRL policy, the exact optimum of the learned reward and the untrained
+   reference, printed as a table and plotted.
 
     jirl run quickstart --set train.steps=500 --set task.name=gold_rm
+    jirl run quickstart --set irl=afd --set afd.variant=init_demo
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import dataclasses
 import json
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 from flax import nnx
 from rich.table import Table
 
+from jirl.config import ConfigError
 from jirl.data.builders import TaskDemonstrations, data_source, prepare
 from jirl.data.loader import batch_iterator
 from jirl.experiment import RunDir, register_experiment
@@ -31,6 +40,10 @@ from jirl.train.loop import TrainConfig, fit, make_optimizer
 from jirl.train.sft import sft_loss
 from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
+from jirl.irl.afd import AfDConfig
+from jirl.irl.methods import IRL_METHODS, IRLContext, MaxEntConfig, check_demonstrations
+from jirl.mdp.demonstrations import Demonstrations
+from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 
 
 @dataclasses.dataclass
@@ -45,23 +58,35 @@ class QuickstartConfig:
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2"))
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=400, eval_every=50))
     data_dir: str = ""  # where the demonstrations dataset is written (default: <run>/data)
+    irl: str = "afd"  # a name in jirl.irl.methods.IRL_METHODS; "none" stops after SFT
+    afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
+    maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
+    rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
+    rl_iterations: int = 150
+    rl_learning_rate: float = 1e-3
 
 
 def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
-    """``params -> {kl_expert_policy, gold_reward}`` computed exactly over the task's tree."""
+    """``params -> {kl_expert_policy, gold_reward}`` computed exactly over the task's tree
+    (``.from_tree(policy_tree)`` for a policy given as a tree)."""
 
-    def evaluate(params):
-        policy = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, params))
+    def from_tree(policy):
         return {
             "kl_expert_policy": float(oracle.kl_divergence(spec, expert_log_probs, policy)),
             "gold_reward": float(oracle.expected_reward(spec, policy, rewards)),
         }
 
+    def evaluate(params):
+        return from_tree(oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, params)))
+
+    evaluate.from_tree = from_tree
     return evaluate
 
 
 @register_experiment("quickstart", config=QuickstartConfig, description="Start here: demos -> SFT -> exact evaluation")
 def run(config: QuickstartConfig, run: RunDir) -> dict:
+    if config.irl != "none" and config.irl not in IRL_METHODS:  # before any training
+        raise ConfigError(f"unknown irl method {config.irl!r}; choose from {sorted(IRL_METHODS.names())} or 'none'")
     task = build_task(config.task)
     spec = task.tree_spec()
     rewards = oracle.rewards_from_step_fn(spec, task.step_reward)
@@ -94,7 +119,7 @@ def run(config: QuickstartConfig, run: RunDir) -> dict:
         evaluate=lambda s: evaluate(s.full_params),
     )
 
-    # 3. Exact comparison.
+    # 3. Exact comparison of SFT.
     final = evaluate(state.full_params)
     expert_reward = float(oracle.expected_reward(spec, expert.log_probs, rewards))
     results = {
@@ -106,23 +131,75 @@ def run(config: QuickstartConfig, run: RunDir) -> dict:
         "kl_expert_reference": reference["kl_expert_policy"],
         "gold_reward": {"expert": expert_reward, "sft_policy": final["gold_reward"], "reference": reference["gold_reward"]},
     }
+
+    # 4. IRL: a reward from the demonstrations, then RL against it from the SFT policy.
+    if config.irl != "none":
+        demos = load_demonstrations(data_source(builder, "train"))
+        check_demonstrations(demos, task.vocab_size, model_config.max_len)
+        context = IRLContext(task, demos, graphdef, model_config, params, state.full_params, jax.random.key(config.seed + 1), spec)
+        results["irl"] = run_irl(run, config, context, evaluate)
     print_summary(run, results)
-    plot_training(run)
+    plot_training(run, results)
     return results
 
 
+def load_demonstrations(source) -> Demonstrations:
+    """The stored demonstrations as arrays (their rewards are not needed by IRL)."""
+    rows = [source[i] for i in range(len(source))]
+    stack = lambda key: jnp.asarray(np.stack([row[key] for row in rows]))  # noqa: E731
+    tokens = stack("tokens")
+    return Demonstrations(tokens, stack("prompt_len"), stack("response_len"), jnp.zeros((len(rows), 0)))
+
+
+def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate) -> dict:
+    """Learn the reward, optimise the SFT policy against it, evaluate exactly. Runs again from
+    the start of this stage on ``--resume`` (it is short and deterministic); its per-iteration
+    metrics go to ``irl_metrics.jsonl``."""
+    settings = {"afd": config.afd, "maxent": config.maxent}.get(config.irl)
+    learned = IRL_METHODS.get(config.irl)(context, settings)
+    task, graphdef = context.task, context.graphdef
+    rl = dataclasses.replace(config.rl, kl_coef=learned.beta)
+    optimizer = optax.adam(optax.cosine_decay_schedule(config.rl_learning_rate, config.rl_iterations * rl.epochs * rl.minibatches, alpha=0.1))
+    state = init_train_state(context.sft_params, optimizer, jax.random.key(config.seed + 2))
+    step = make_update_step(rl_loss(graphdef, rl, task.horizon), optimizer)
+    log = run.path / "irl_metrics.jsonl"
+    log.write_text("")
+    with log.open("a") as f:
+        for iteration in range(1, config.rl_iterations + 1):
+            key = jax.random.fold_in(jax.random.key(config.seed + 3), iteration)
+            state, metrics = rl_iteration(key, task, graphdef, state, learned.reference, step, rl, reward_fn=learned.reward_fn)
+            f.write(json.dumps({"iteration": iteration, **metrics}, sort_keys=True) + "\n")
+    policy = evaluate(state.full_params)
+    result = {"method": config.irl, "rl_iterations": config.rl_iterations, "beta": learned.beta, **learned.info,
+              "policy": policy}
+    if learned.tree is not None:  # what perfect RL on the learned reward would give
+        spec = context.spec
+        ref_tree = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, learned.reference))
+        optimum = oracle.solve(spec, ref_tree, learned.tree, learned.beta).log_probs
+        result["reward_optimum"] = evaluate.from_tree(optimum)
+    return result
+
+
 def print_summary(run: RunDir, results: dict) -> None:
-    table = Table(title=f"quickstart on {results['task']!r}: SFT on {results['num_demos']} expert demonstrations")
+    irl = results.get("irl")
+    pipeline = f"SFT then {irl['method']} + RLOO" if irl else "SFT"
+    table = Table(title=f"quickstart on {results['task']!r}: {pipeline} from {results['num_demos']} expert demonstrations")
     for column in ("policy", "gold reward E[R]", "KL(expert ‖ policy) [nats]"):
         table.add_column(column, justify="right")
     rewards = results["gold_reward"]
     table.add_row("expert π*", f"{rewards['expert']:.4f}", "0")
     table.add_row("SFT policy", f"{rewards['sft_policy']:.4f}", f"{results['kl_expert_policy']:.4f}")
+    if irl:
+        policy = irl["policy"]
+        table.add_row(f"IRL policy ({irl['method']}, {irl['rl_iterations']} RL it.)", f"{policy['gold_reward']:.4f}", f"{policy['kl_expert_policy']:.4f}")
+        if "reward_optimum" in irl:
+            best = irl["reward_optimum"]
+            table.add_row("exact optimum of the learned reward", f"{best['gold_reward']:.4f}", f"{best['kl_expert_policy']:.4f}")
     table.add_row("untrained reference", f"{rewards['reference']:.4f}", f"{results['kl_expert_reference']:.4f}")
     run.console.print(table)
 
 
-def plot_training(run: RunDir) -> None:
+def plot_training(run: RunDir, results: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,16 +208,24 @@ def plot_training(run: RunDir) -> None:
     rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval/kl_expert_policy"], r["eval/gold_reward"]) for r in rows if "eval/kl_expert_policy" in r]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(*zip(*train))
-    left.set(xlabel="step", ylabel="SFT loss (token-mean NLL)", title="training loss")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(*zip(*train))
+    axes[0].set(xlabel="step", ylabel="SFT loss (token-mean NLL)", title="SFT training loss")
     steps, kl, reward = zip(*evals)
-    right.semilogy(steps, kl, "o-", label="KL(expert ‖ policy)")
-    right.set(xlabel="step", ylabel="nats (exact)", title="exact KL to the expert")
-    twin = right.twinx()
+    axes[1].semilogy(steps, kl, "o-", label="KL(expert ‖ policy)")
+    axes[1].set(xlabel="SFT step", ylabel="nats (exact)", title="SFT: exact KL to the expert")
+    twin = axes[1].twinx()
     twin.plot(steps, reward, "s--", color="tab:orange", label="gold reward")
     twin.set_ylabel("gold reward E[R] (exact)")
-    right.legend(loc="upper center")
+    axes[1].legend(loc="upper center")
+    irl_log = run.path / "irl_metrics.jsonl"
+    if "irl" in results and irl_log.exists():
+        irl_rows = [json.loads(line) for line in irl_log.read_text().splitlines()]
+        axes[2].plot([r["iteration"] for r in irl_rows], [r["reward"] for r in irl_rows], label="learned reward (sampled)")
+        axes[2].set(xlabel="RL iteration", ylabel="learned reward", title=f"RL against the {results['irl']['method']} reward")
+        twin = axes[2].twinx()
+        twin.plot([r["iteration"] for r in irl_rows], [r["kl_to_reference"] for r in irl_rows], color="tab:green", label="KL to RL reference")
+        twin.set_ylabel("KL(π ‖ π_ref) (sampled)")
     fig.tight_layout()
     fig.savefig(run.path_for("training.png"), dpi=120)
     plt.close(fig)

@@ -518,6 +518,35 @@ def complete_response_tokens(spec: TreeSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(buffers, axis=1), np.concatenate(lengths, axis=1)
 
 
+def tree_values(spec: TreeSpec, tree: Tree, tokens, prompt_lens, response_lens) -> jax.Array:
+    """Read a tree (rewards, log-probs, ...) along sampled responses: ``[B, H]`` with entry t the
+    tree's value at (prompt, state s_t, action a_t) of row b, 0 past the response.
+
+    The inverse of ``transition_tokens``: each row's prompt must be one of the spec's prompts
+    (matched by tokens and length; jittable, so an unknown prompt cannot raise and reads
+    prompt 0's values) and its response a path of the tree. Turns a reward tree into the RL
+    loop's ``reward_fn``: ``lambda t, p, r: tree_values(spec, rewards, t, p, r)``.
+    """
+    tokens, prompt_lens, response_lens = (jnp.asarray(x, jnp.int32) for x in (tokens, prompt_lens, response_lens))
+    width = spec.prompt_width
+    in_prompt = jnp.arange(width)[None, :] < prompt_lens[:, None]
+    prompts = jnp.where(in_prompt, tokens[:, :width], spec.eos_id)
+    same = jnp.all(prompts[:, None, :] == spec.prompt_tokens[None, :, :], axis=-1) & (
+        prompt_lens[:, None] == spec.prompt_lens[None, :]
+    )
+    prompt_index = jnp.argmax(same, axis=1)
+    continuing_index = np.zeros(spec.vocab_size, np.int32)
+    continuing_index[spec.continuing_ids] = np.arange(spec.num_continuing)
+    rows = jnp.arange(tokens.shape[0])
+    state = jnp.zeros_like(prompt_lens)
+    values = []
+    for t in range(spec.horizon):
+        action = tokens[rows, jnp.minimum(prompt_lens + t, tokens.shape[1] - 1)]
+        values.append(jnp.where(t < response_lens, tree[t][prompt_index, state, action], 0.0))
+        state = jnp.where(t < response_lens - 1, state * spec.num_continuing + jnp.asarray(continuing_index)[action], 0)
+    return jnp.stack(values, axis=1)
+
+
 def _chunks(num_rows: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Fixed-size row chunks (so a jitted fn compiles once): (row ids, valid mask).
 

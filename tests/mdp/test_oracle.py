@@ -574,3 +574,17 @@ def test_tree_shape_errors():
         oracle.solve(spec, good, [good[0], good[0], good[2]], 1.0)
     with pytest.raises(ValueError, match="list of H=3"):
         oracle.expected_reward(spec, good, good[:2])
+
+
+def test_tree_values_read_the_reward_tree_along_sampled_responses():
+    from jirl.mdp.env import sequence_rewards
+    from jirl.mdp.tasks import make_task
+
+    task = make_task("bigram", num_chars=3, horizon=4, seed=3)
+    spec = task.tree_spec()
+    tree = oracle.rewards_from_step_fn(spec, task.step_reward)
+    samples = oracle.sample(jax.random.key(0), spec, oracle.uniform_log_probs(spec), 256)
+    got = oracle.tree_values(spec, tree, samples.tokens, samples.prompt_lens, samples.response_lens)
+    expected = sequence_rewards(task, samples.tokens, samples.prompt_lens, samples.response_lens)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+    assert np.asarray(samples.response_lens).min() < task.horizon  # ragged responses were covered

@@ -1,0 +1,127 @@
+"""IRL methods by name: demonstrations in, a learned reward out (DESIGN.md contract 10).
+
+Each method is ``method(context, settings) -> LearnedReward``: it learns a reward from the
+expert's demonstrations and says how to optimise it so that the RL target is the expert
+(which reference policy, which KL coefficient). ``jirl run quickstart --set irl=NAME`` and
+``jirl run irl_recovery`` pick methods from ``IRL_METHODS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jirl.config import JirlError
+from jirl.mdp import oracle
+from jirl.mdp.demonstrations import Demonstrations, from_policy
+from jirl.registry import Registry
+from jirl.rewards.models import reward_model_rewards
+
+
+@dataclasses.dataclass
+class IRLContext:
+    """What every method may use: the task, the expert's demonstrations, the policy's graphdef
+    and config, the initial and SFT parameters, and a PRNG key."""
+
+    task: Any
+    demos: Demonstrations
+    graphdef: Any
+    model_config: Any
+    init_params: Any
+    sft_params: Any
+    key: jax.Array
+    spec: Any = None  # the oracle's TreeSpec when the task is enumerable (rewards are then also read as trees)
+
+
+@dataclasses.dataclass
+class LearnedReward:
+    reward_fn: Callable  # the RL loop's reward: (tokens, prompt_lens, response_lens) -> [B, horizon]
+    reference: Any  # parameters of the RL reference policy
+    beta: float  # the KL coefficient at which the RL optimum is the expert, if the reward is exact
+    tree: list | None = None  # the reward on the oracle's tree, where the task is enumerable
+    info: dict = dataclasses.field(default_factory=dict)  # training metrics worth reporting
+
+
+IRL_METHODS: Registry[Callable[[IRLContext, Any], LearnedReward]] = Registry("IRL method")
+
+
+def check_demonstrations(demos: Demonstrations, vocab_size: int, context_length: int) -> None:
+    """Refuse demonstrations the policy cannot learn from, naming the problem and the fix."""
+    tokens = np.asarray(demos.tokens)
+    if tokens.shape[0] == 0:
+        raise JirlError("the demonstration set is empty; IRL needs at least one demonstration")
+    if tokens.max() >= vocab_size or tokens.min() < 0:
+        raise JirlError(
+            f"demonstrations hold token ids up to {int(tokens.max())} but the policy's vocabulary has {vocab_size} ids: "
+            "they were tokenised with another tokenizer. Re-tokenise them with the policy's tokenizer."
+        )
+    lengths = np.asarray(demos.prompt_lens) + np.asarray(demos.response_lens)
+    if tokens.shape[1] > context_length or lengths.max() > context_length:
+        raise JirlError(
+            f"demonstrations are up to {max(tokens.shape[1], int(lengths.max()))} tokens long but the policy's context "
+            f"is {context_length}; truncate them or build the policy with max_len >= {tokens.shape[1]}"
+        )
+
+
+@IRL_METHODS.register("afd")
+def afd_method(context: IRLContext, settings) -> LearnedReward:
+    """AfD (``jirl.irl.afd``): a BT discriminator of positives vs negatives as the reward; RL
+    from the negatives' policy at beta = 1 targets the positives' policy."""
+    from jirl.irl.afd import discriminator_pairs, sequence_reward_tree, train_discriminator, variant_sources
+
+    positive, negative = variant_sources(settings.variant)
+    keys = jax.random.split(context.key, 4)
+    num = int(np.asarray(context.demos.tokens).shape[0])
+    policies = {"init": context.init_params, "sft": context.sft_params}
+    samples = {"demo": context.demos}
+    for i, name in enumerate(sorted({positive, negative} - {"demo"})):
+        samples[name] = from_policy(context.task, keys[i], num, context.graphdef, policies[name])
+    pairs = discriminator_pairs(keys[2], samples[positive], samples[negative])
+    graphdef, params, metrics = train_discriminator(keys[3], pairs, context.model_config, settings)
+    task = context.task
+    tree = sequence_reward_tree(context.spec, graphdef, params) if context.spec is not None else None
+    return LearnedReward(
+        reward_fn=reward_model_rewards(graphdef, params, task.vocab_size, task.horizon),
+        reference=policies[negative],
+        beta=1.0,
+        tree=tree,
+        info={"discriminator_accuracy": metrics["accuracy"], "pairs": len(pairs["chosen"])},
+    )
+
+
+@dataclasses.dataclass
+class MaxEntConfig:
+    steps: int = 500
+    learning_rate: float = 0.1
+    l2: float = 1e-3  # keeps rewards of never-demonstrated actions finite
+
+
+def tree_reward_fn(spec, reward_tree) -> Callable:
+    """The RL loop's reward function reading a reward tree along sampled responses."""
+    return jax.jit(lambda tokens, prompt_lens, response_lens: oracle.tree_values(spec, reward_tree, tokens, prompt_lens, response_lens))
+
+
+@IRL_METHODS.register("maxent")
+def maxent_method(context: IRLContext, settings: MaxEntConfig) -> LearnedReward:
+    """Exact maximum-causal-entropy IRL (``jirl.irl.maxent``) with a tabular reward, fitted to
+    the demonstrations' empirical occupancy with the initial policy as the soft-optimal
+    policy's reference at beta = 1 (so RL from it at beta = 1 targets the expert)."""
+    from jirl.irl.maxent import empirical_occupancy, maxent_irl, tabular_reward
+    from jirl.models.scoring import logits_fn
+
+    spec = context.spec
+    if spec is None:
+        raise JirlError("maxent IRL solves the task exactly and needs an enumerable task (one with a tree spec)")
+    demos = context.demos
+    occupancy = empirical_occupancy(spec, demos.tokens, demos.prompt_lens, demos.response_lens)
+    init_tree = oracle.log_probs_from_logits_fn(spec, logits_fn(context.graphdef, context.init_params))
+    theta0 = [jnp.zeros(spec.tree_shape(t)) for t in range(spec.horizon)]
+    result = maxent_irl(spec, occupancy, init_tree, 1.0, tabular_reward, theta0, settings.steps, settings.learning_rate, settings.l2)
+    return LearnedReward(
+        reward_fn=tree_reward_fn(spec, result.rewards), reference=context.init_params, beta=1.0, tree=result.rewards,
+        info={"log_likelihood": float(result.history["log_likelihood"][-1])},
+    )
