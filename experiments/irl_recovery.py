@@ -32,6 +32,7 @@ from jirl.experiment import RunDir, register_experiment
 from jirl.irl.afd import AfDConfig
 from jirl.irl.methods import IRL_METHODS, IRLContext, MaxEntConfig
 from jirl.irl.recovery import shaping_removed_token_correlation
+from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
 from jirl.mdp.demonstrations import from_optimum
 from jirl.mdp.tasks import TaskConfig, build_task
@@ -52,6 +53,7 @@ METHODS = {
     "afd_init_demo": ("afd", lambda c: dataclasses.replace(c.afd, variant="init_demo")),
     "afd_sft_demo": ("afd", lambda c: dataclasses.replace(c.afd, variant="sft_demo")),
     "maxent": ("maxent", lambda c: c.maxent),
+    "spin": ("spin", lambda c: c.spin),
 }
 
 
@@ -67,6 +69,7 @@ class IRLRecoveryConfig:
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
     afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
     maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
+    spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
 
 
 def train_sft(graphdef, params, demos, config: IRLRecoveryConfig, key):

@@ -42,6 +42,7 @@ from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
 from jirl.irl.afd import AfDConfig
 from jirl.irl.methods import IRL_METHODS, IRLContext, MaxEntConfig, check_demonstrations
+from jirl.irl.spin import SPINConfig
 from jirl.mdp.demonstrations import Demonstrations
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 
@@ -61,6 +62,7 @@ class QuickstartConfig:
     irl: str = "afd"  # a name in jirl.irl.methods.IRL_METHODS; "none" stops after SFT
     afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
     maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
+    spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
     rl_iterations: int = 150
     rl_learning_rate: float = 1e-3
@@ -155,7 +157,7 @@ def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate
     """Learn the reward, optimise the SFT policy against it, evaluate exactly. Runs again from
     the start of this stage on ``--resume`` (it is short and deterministic); its per-iteration
     metrics go to ``irl_metrics.jsonl``."""
-    settings = {"afd": config.afd, "maxent": config.maxent}.get(config.irl)
+    settings = {"afd": config.afd, "maxent": config.maxent, "spin": config.spin}.get(config.irl)
     learned = IRL_METHODS.get(config.irl)(context, settings)
     task, graphdef = context.task, context.graphdef
     rl = dataclasses.replace(config.rl, kl_coef=learned.beta)

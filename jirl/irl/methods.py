@@ -125,3 +125,22 @@ def maxent_method(context: IRLContext, settings: MaxEntConfig) -> LearnedReward:
         reward_fn=tree_reward_fn(spec, result.rewards), reference=context.init_params, beta=1.0, tree=result.rewards,
         info={"log_likelihood": float(result.history["log_likelihood"][-1])},
     )
+
+
+@IRL_METHODS.register("spin")
+def spin_method(context: IRLContext, settings) -> LearnedReward:
+    """SPIN from the SFT policy (``jirl.irl.spin``). Its reward is the last iteration's implicit
+    reward beta log pi_K/pi_{K-1}, whose exact optimum at that reference and beta is pi_K itself."""
+    from jirl.irl.spin import spin
+    from jirl.models.scoring import logits_fn
+    from jirl.preference.implicit import implicit_reward_fn
+
+    final, previous = spin(context.key, context.task, context.graphdef, context.sft_params, context.demos, settings)
+    task, tree = context.task, None
+    if context.spec is not None:
+        policy_tree = lambda p: oracle.log_probs_from_logits_fn(context.spec, logits_fn(context.graphdef, p))  # noqa: E731
+        tree = [settings.beta * (a - b) for a, b in zip(policy_tree(final), policy_tree(previous))]
+    return LearnedReward(
+        reward_fn=implicit_reward_fn(context.graphdef, final, previous, task.horizon, settings.beta),
+        reference=previous, beta=settings.beta, tree=tree, info={"iterations": settings.iterations},
+    )
