@@ -23,14 +23,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from rich.table import Table
 
 from jirl.config import ConfigError
 from jirl.experiment import RunDir, register_experiment
 from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, IRLContext, MaxEntConfig
+from jirl.irl.methods import IRL_METHODS, IQLearnConfig, IRLContext, MaxEntConfig, train_on_demonstrations
 from jirl.irl.recovery import shaping_removed_token_correlation
 from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
@@ -39,7 +38,6 @@ from jirl.mdp.tasks import TaskConfig, build_task
 from jirl.models.scoring import logits_fn
 from jirl.models.transformer import ModelSize, Transformer
 from jirl.train.sft import sft_loss
-from jirl.train.step import init_train_state, make_update_step
 
 TASKS = {
     "bigram": TaskConfig("bigram", ("num_chars=3", "horizon=3")),  # per-token rewards: correlation is reported
@@ -54,6 +52,7 @@ METHODS = {
     "afd_sft_demo": ("afd", lambda c: dataclasses.replace(c.afd, variant="sft_demo")),
     "maxent": ("maxent", lambda c: c.maxent),
     "spin": ("spin", lambda c: c.spin),
+    "iq_learn": ("iq_learn", lambda c: c.iq_learn),
 }
 
 
@@ -70,19 +69,7 @@ class IRLRecoveryConfig:
     afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
     maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
     spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
-
-
-def train_sft(graphdef, params, demos, config: IRLRecoveryConfig, key):
-    """Behaviour cloning on the demonstrations (minibatch Adam, in memory)."""
-    optimizer = optax.adam(optax.cosine_decay_schedule(config.sft_learning_rate, config.sft_steps, alpha=0.1))
-    state = init_train_state(params, optimizer, key)
-    step = make_update_step(sft_loss(graphdef), optimizer)
-    batch = {"tokens": demos.tokens, "prompt_len": demos.prompt_lens, "response_len": demos.response_lens}
-    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**30)))
-    for _ in range(config.sft_steps):
-        index = jnp.asarray(rng.choice(len(demos.tokens), size=64, replace=False))
-        state, _ = step(state, {k: v[index] for k, v in batch.items()})
-    return state.full_params
+    iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
 
 
 def run_task(name: str, config: IRLRecoveryConfig, run: RunDir) -> dict:
@@ -109,7 +96,7 @@ def run_task(name: str, config: IRLRecoveryConfig, run: RunDir) -> dict:
             result["reward_correlation"] = float(shaping_removed_token_correlation(spec, learned_tree, rewards, log_probs=expert))
         return result
 
-    sft = train_sft(graphdef, init, demos, config, keys[1])
+    sft = train_on_demonstrations(keys[1], graphdef, init, demos, sft_loss(graphdef), config.sft_steps, 64, config.sft_learning_rate)
     results = {"sft": score(tree_of(sft))} if "sft" in config.methods else {}
     context = IRLContext(task, demos, graphdef, model_config, init, sft, keys[2], spec)
     for method in config.methods:

@@ -41,7 +41,7 @@ from jirl.train.sft import sft_loss
 from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
 from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, IRLContext, MaxEntConfig, check_demonstrations
+from jirl.irl.methods import IRL_METHODS, IQLearnConfig, IRLContext, MaxEntConfig, check_demonstrations
 from jirl.irl.spin import SPINConfig
 from jirl.mdp.demonstrations import Demonstrations
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
@@ -63,6 +63,7 @@ class QuickstartConfig:
     afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
     maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
     spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
+    iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
     rl_iterations: int = 150
     rl_learning_rate: float = 1e-3
@@ -157,7 +158,7 @@ def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate
     """Learn the reward, optimise the SFT policy against it, evaluate exactly. Runs again from
     the start of this stage on ``--resume`` (it is short and deterministic); its per-iteration
     metrics go to ``irl_metrics.jsonl``."""
-    settings = {"afd": config.afd, "maxent": config.maxent, "spin": config.spin}.get(config.irl)
+    settings = getattr(config, config.irl, None)  # each method's settings live under its own name
     learned = IRL_METHODS.get(config.irl)(context, settings)
     task, graphdef = context.task, context.graphdef
     rl = dataclasses.replace(config.rl, kl_coef=learned.beta)

@@ -81,6 +81,7 @@ from flax import nnx, struct
 
 from jirl.irl.recovery import apply_potential_shaping, shaping_removed_token_correlation
 from jirl.mdp import oracle
+from jirl.mdp.best_of_n import complete_sequences
 from jirl.mdp.demonstrations import Demonstrations, from_policy
 from jirl.models.heads import SequenceRewardModel, TokenRewardModel, ValueModel
 from jirl.models.scoring import gather_response, response_log_probs, response_mask
@@ -407,16 +408,14 @@ def airl_reward_trees(spec: oracle.TreeSpec, graphdef, params, gamma: float = 1.
 
 
 def recovery_report(spec, true_rewards, graphdef, params, expert_log_probs, gamma: float = 1.0) -> dict:
-    """Shaping-removed per-token correlations of AIRL's g and f with the true reward tree,
-    uniform over (s, a) and weighted by the expert's occupancy (``jirl.irl.recovery``)."""
-    trees = airl_reward_trees(spec, graphdef, params, gamma)
-    report = {}
-    for name in ("g", "f"):
-        report[f"{name}_corr_uniform"] = float(shaping_removed_token_correlation(spec, trees[name], true_rewards))
-        report[f"{name}_corr_expert"] = float(
-            shaping_removed_token_correlation(spec, trees[name], true_rewards, log_probs=expert_log_probs)
-        )
-    return report
+    """Shaping-removed per-token correlation (``jirl.irl.recovery``) of AIRL's g with the true
+    reward tree, uniform over (s, a) and weighted by the expert's occupancy. (With gamma = 1, f
+    is g shaped by h and has exactly the same correlations.)"""
+    g = airl_reward_trees(spec, graphdef, params, gamma)["g"]
+    return {
+        "g_corr_uniform": float(shaping_removed_token_correlation(spec, g, true_rewards)),
+        "g_corr_expert": float(shaping_removed_token_correlation(spec, g, true_rewards, log_probs=expert_log_probs)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,6 +489,25 @@ def discriminator_batch(expert, policy, horizon: int, scorer=None) -> dict:
         batch["log_probs"] = _score(graphdef, params, tokens, prompt_lens, horizon)
         if ref_params is not None:
             batch["ref_log_probs"] = _score(graphdef, ref_params, tokens, prompt_lens, horizon)
+    return batch
+
+
+def exact_discriminator_batch(spec: oracle.TreeSpec, expert_log_probs, policy_log_probs, scorer=None) -> dict:
+    """The discriminator's *population* objective on the oracle tree as one weighted batch: every
+    complete response twice, as an expert row weighted by rho(x) pi_E(y|x) and as a policy row
+    weighted by rho(x) pi(y|x) (each class's weights sum to 1). Its loss is the exact expected
+    BCE, with no sampling noise; ``scorer`` as in ``discriminator_batch``."""
+    tokens, lengths = oracle.complete_response_tokens(spec)
+    prompt_lens = np.repeat(spec.prompt_lens, tokens.shape[1])
+    rows = (jnp.asarray(tokens.reshape(-1, tokens.shape[2])), jnp.asarray(prompt_lens), jnp.asarray(lengths.reshape(-1)))
+    zeros = [jnp.zeros(spec.tree_shape(t)) for t in range(spec.horizon)]
+
+    def probabilities(log_probs):
+        log_p, _ = complete_sequences(spec, log_probs, zeros)
+        return jnp.asarray((np.asarray(spec.prompt_weights)[:, None] * np.exp(log_p)).reshape(-1), jnp.float32)
+
+    batch = discriminator_batch(rows, rows, spec.horizon, scorer)
+    batch["weight"] = jnp.concatenate([probabilities(expert_log_probs), probabilities(policy_log_probs)])
     return batch
 
 

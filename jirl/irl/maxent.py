@@ -311,7 +311,6 @@ def _fit(theta, occupancy, ref, beta, l2, *, spec, reward_fn, steps, optimizer):
 # Comparing rewards up to shaping
 
 
-@_jit_over_spec
 def shaping_invariant_returns(spec: oracle.TreeSpec, rewards: Tree) -> np.ndarray:
     """[P, S] returns R(x,y) of every complete response (order of
     ``best_of_n.complete_sequences``), minus their plain (uniform over responses) mean per

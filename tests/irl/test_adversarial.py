@@ -1,0 +1,350 @@
+"""GAIL and AIRL at the token level (``jirl.irl.adversarial``), checked against plain Python and
+the exact oracle on ``bigram``."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jirl.irl import adversarial as adv
+from jirl.irl.recovery import shaping_removed_token_correlation
+from jirl.mdp import oracle
+from jirl.mdp.best_of_n import complete_sequences
+from jirl.mdp.demonstrations import from_optimum
+from jirl.models.heads import TokenRewardModel
+from jirl.models.scoring import logits_fn, response_mask
+from jirl.models.transformer import Transformer, gpt2_tiny, llama_tiny
+from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
+from jirl.train.losses import OBJECTIVES
+from jirl.train.step import init_train_state, make_update_step
+
+BETA = 0.5
+
+
+@pytest.fixture(scope="module")
+def bigram():
+    from jirl.mdp.tasks import make_task
+
+    task = make_task("bigram", num_chars=3, horizon=3)
+    spec = task.tree_spec()
+    true = oracle.rewards_from_step_fn(spec, task.step_reward)
+    uniform = oracle.uniform_log_probs(spec)
+    expert = oracle.solve(spec, uniform, true, BETA).log_probs
+    width = task.prompt_width + task.horizon
+    config = gpt2_tiny(task.vocab_size, max_len=width, d_model=32)
+    tiny = gpt2_tiny(task.vocab_size, max_len=width, d_model=16, num_layers=1, num_heads=2)  # for unit tests
+    return dict(task=task, spec=spec, true=true, uniform=uniform, expert=expert, config=config, tiny=tiny)
+
+
+def _policy(config, seed=1):
+    return nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses on a hand example
+
+
+class _HandF(nnx.Module):
+    """A 'discriminator' whose per-token f is a free parameter, to test the loss alone."""
+
+    def __init__(self, f):
+        self.f = nnx.Param(jnp.asarray(f, jnp.float32))
+
+
+F = [[0.5, -1.0, 2.0], [0.3, 0.1, -0.4]]
+LOG_PROBS = [[-1.2, -0.7, -2.0], [-0.5, -1.5, -0.9]]
+REF_LOG_PROBS = [[-1.0, -1.0, -1.0], [-0.2, -2.0, -1.1]]
+MASK = [[1, 1, 0], [1, 1, 1]]
+LABELS = [1.0, 0.0]
+ROW_WEIGHTS = [2.0, 0.5]
+
+
+def _hand_batch(ref=True, weights=False):
+    batch = {
+        "tokens": jnp.zeros((2, 4), jnp.int32), "prompt_len": jnp.ones(2, jnp.int32),
+        "mask": jnp.asarray(MASK, bool), "label": jnp.asarray(LABELS), "log_probs": jnp.asarray(LOG_PROBS),
+    }
+    if ref:
+        batch["ref_log_probs"] = jnp.asarray(REF_LOG_PROBS)
+    if weights:
+        batch["weight"] = jnp.asarray(ROW_WEIGHTS)
+    return batch
+
+
+def _hand_loss(level, ref=True, weights=False):
+    graphdef, params = nnx.split(_HandF(F))
+    logits_of = lambda model, batch: adv.airl_logits(model.f[...], batch["log_probs"], batch.get("ref_log_probs"))  # noqa: E731
+    loss_fn = adv.discriminator_loss(graphdef, logits_of, level)
+    batch = _hand_batch(ref, weights)
+
+    def total(params):
+        out, _ = loss_fn(params, batch, jax.random.key(0))
+        return out.total, out
+
+    grads, out = jax.grad(total, has_aux=True)(params)
+    return float(out.total), float(out.count), np.asarray(grads["f"][...])
+
+
+def _python_logit(b, t, ref):
+    return F[b][t] - LOG_PROBS[b][t] + (REF_LOG_PROBS[b][t] if ref else 0.0)
+
+
+def _python_bce(logit, label):
+    d = 1.0 / (1.0 + math.exp(-logit))
+    return -(label * math.log(d) + (1 - label) * math.log(1 - d))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@pytest.mark.parametrize("ref", [True, False])
+@pytest.mark.parametrize("weights", [False, True])
+def test_token_level_airl_loss_and_gradient_match_plain_python(ref, weights):
+    total, count, grad = _hand_loss("token", ref, weights)
+    expected_total, expected_count, expected_grad = 0.0, 0.0, np.zeros((2, 3))
+    for b in range(2):
+        w = ROW_WEIGHTS[b] if weights else 1.0
+        for t in range(3):
+            if MASK[b][t]:
+                logit = _python_logit(b, t, ref)
+                expected_total += w * _python_bce(logit, LABELS[b])
+                expected_count += w
+                expected_grad[b, t] = w * (_sigmoid(logit) - LABELS[b])  # d BCE / d logit, d logit / d f = 1
+    assert total == pytest.approx(expected_total, rel=1e-6)
+    assert count == pytest.approx(expected_count)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("ref", [True, False])
+def test_sequence_level_airl_loss_and_gradient_match_plain_python(ref):
+    total, count, grad = _hand_loss("sequence", ref)
+    expected_total, expected_grad = 0.0, np.zeros((2, 3))
+    for b in range(2):
+        row_logit = sum(_python_logit(b, t, ref) for t in range(3) if MASK[b][t])
+        expected_total += _python_bce(row_logit, LABELS[b])
+        for t in range(3):
+            expected_grad[b, t] = MASK[b][t] * (_sigmoid(row_logit) - LABELS[b])
+    assert total == pytest.approx(expected_total, rel=1e-6)
+    assert count == 2.0
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_policy_log_probs_get_no_gradient_through_the_airl_logit():
+    grads = jax.grad(lambda lp, ref: jnp.sum(adv.airl_logits(jnp.asarray(F), lp, ref)), argnums=(0, 1))(
+        jnp.asarray(LOG_PROBS), jnp.asarray(REF_LOG_PROBS)
+    )
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in grads)
+
+
+def test_objectives_are_registered():
+    assert OBJECTIVES.get("airl") is adv.airl_loss and OBJECTIVES.get("gail") is adv.gail_loss
+
+
+# ----------------------------------------------------------------------------------------------
+# The disentangled reward
+
+
+@pytest.fixture(scope="module")
+def airl_model(bigram):
+    return nnx.split(adv.AIRLDiscriminator(bigram["tiny"], rngs=nnx.Rngs(0)))
+
+
+@pytest.fixture(scope="module")
+def uniform_samples(bigram):
+    return oracle.sample(jax.random.key(3), bigram["spec"], bigram["uniform"], 64)
+
+
+def test_disentangled_f_telescopes_to_sum_g_minus_h_of_the_prompt(bigram, airl_model, uniform_samples):
+    graphdef, params = airl_model
+    s = uniform_samples
+    mask = response_mask(s.response_lens, bigram["task"].horizon)
+    assert len(set(np.asarray(s.response_lens).tolist())) == 3  # lengths 1, 2 and 3 all occur
+    airl_terms = jax.jit(adv.airl_terms, static_argnums=(0, 5))
+    terms = airl_terms(graphdef, params, s.tokens, s.prompt_lens, mask, 1.0)
+    sum_f = jnp.sum(jnp.where(mask, terms["f"], 0.0), axis=1)
+    sum_g = jnp.sum(jnp.where(mask, terms["g"], 0.0), axis=1)
+    np.testing.assert_allclose(sum_f, sum_g - terms["h"][:, 0], atol=1e-5)
+    # h(s_{t+1}) at step t is h(s_t) at step t + 1 (the same slot), and h is not constant
+    np.testing.assert_allclose(terms["h_next"][:, :-1], terms["h"][:, 1:], atol=1e-6)
+    assert float(jnp.std(terms["h"][:, 0])) > 0
+    # gamma < 1: f = g + gamma h(s') - h(s), h(s') = 0 at the last step
+    f_09 = airl_terms(graphdef, params, s.tokens, s.prompt_lens, mask, 0.9)["f"]
+    last = adv.terminal_steps(mask)
+    expected = terms["g"] + 0.9 * np.where(last, 0.0, terms["h_next"]) - terms["h"]
+    np.testing.assert_allclose(jnp.where(mask, f_09, 0), jnp.where(mask, expected, 0), atol=1e-6)
+
+
+def test_reward_functions_and_trees_agree(bigram, airl_model, uniform_samples):
+    """The RL reward function (buffers) and the oracle trees read the same f and g; f and g have
+    the same shaping-removed correlation with any reward (f is g shaped by h)."""
+    graphdef, params = airl_model
+    spec, s = bigram["spec"], uniform_samples
+    trees = adv.airl_reward_trees(spec, graphdef, params)
+    for kind in ("f", "g"):
+        rewards = adv.airl_rewards(graphdef, params, spec.horizon, kind)(s.tokens, s.prompt_lens, s.response_lens)
+        np.testing.assert_allclose(rewards, oracle.step_values(spec, trees[kind], s), atol=1e-5)
+    corr = lambda tree: float(shaping_removed_token_correlation(spec, tree, bigram["true"]))  # noqa: E731
+    assert corr(trees["f"]) == pytest.approx(corr(trees["g"]), abs=1e-5)
+    bonus = adv.airl_rewards(graphdef, params, spec.horizon, "f", token_bonus=math.log(4))(s.tokens, s.prompt_lens, s.response_lens)
+    np.testing.assert_allclose(bonus, oracle.step_values(spec, [x + math.log(4) for x in trees["f"]], s), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Uniform reference, replay buffer, gradient penalty
+
+
+@pytest.mark.parametrize("make_config", [gpt2_tiny, llama_tiny])
+def test_uniform_reference_is_exactly_uniform(bigram, make_config):
+    spec = bigram["spec"]
+    config = make_config(spec.vocab_size, max_len=spec.buffer_width, d_model=16, num_layers=1, num_heads=2, num_kv_heads=1)
+    graphdef, params = _policy(config)
+    before = jax.tree_util.tree_map(jnp.copy, params)
+    ref = adv.uniform_reference(graphdef, params)
+    tree = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, ref))
+    for t in range(spec.horizon):
+        np.testing.assert_allclose(tree[t], -np.log(spec.vocab_size), rtol=0, atol=1e-7)
+    # the policy's own parameters are untouched and not uniform
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), params, before))
+    policy_tree = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, params))
+    assert float(jnp.abs(policy_tree[0] + np.log(spec.vocab_size)).max()) > 1e-4
+
+
+def _rows(ids):
+    ids = jnp.asarray(ids, jnp.int32)
+    return jnp.stack([ids, ids + 100], axis=1), ids, ids % 3
+
+
+def test_replay_buffer_keeps_the_newest_capacity_rows_fifo():
+    buffer = adv.ReplayBuffer.create(capacity=5, width=2)
+    buffer = buffer.push(*_rows(range(3)))
+    assert int(buffer.size) == 3
+    np.testing.assert_array_equal(buffer.contents()[1], [0, 1, 2])
+    buffer = buffer.push(*_rows(range(3, 7)))  # wraps around: 0 and 1 are evicted
+    tokens, prompt_lens, response_lens = buffer.contents()
+    np.testing.assert_array_equal(prompt_lens, [2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(tokens[:, 1], np.arange(2, 7) + 100)
+    np.testing.assert_array_equal(response_lens, np.arange(2, 7) % 3)
+    buffer = buffer.push(*_rows(range(7, 14)))  # more than capacity at once: its newest 5
+    np.testing.assert_array_equal(buffer.contents()[1], [9, 10, 11, 12, 13])
+    assert int(buffer.size) == 5
+
+
+def test_replay_buffer_samples_uniformly_and_reproducibly():
+    buffer = adv.ReplayBuffer.create(capacity=4, width=2).push(*_rows(range(10, 16)))  # holds 12..15
+    with pytest.raises(ValueError, match="empty"):
+        adv.ReplayBuffer.create(4, 2).sample(jax.random.key(0), 1)
+    first = buffer.sample(jax.random.key(1), 40_000)
+    second = buffer.sample(jax.random.key(1), 40_000)
+    np.testing.assert_array_equal(first[0], second[0])
+    counts = np.bincount(np.asarray(first[1]) - 12, minlength=4)
+    assert counts.sum() == 40_000 and len(counts) == 4  # only the 4 stored rows
+    np.testing.assert_allclose(counts / 40_000, 0.25, atol=0.01)  # 5 sigma is about 0.011
+    np.testing.assert_array_equal(first[0][:, 0], first[1])  # rows stay whole
+
+
+def test_input_gradient_matches_the_embedding_table_gradient(bigram, airl_model):
+    """For one row of distinct tokens the gradient w.r.t. each input embedding is the gradient
+    w.r.t. that token's row of the embedding table (the heads never read the tied logits)."""
+    graphdef, params = airl_model
+    tokens = jnp.asarray([[1, 2, 3, 0]], jnp.int32)
+    score = lambda model: jnp.sum(model(tokens)[0][:, 1:] ** 2 + model(tokens)[1][:, :-1], axis=1)  # noqa: E731
+    norms = jax.jit(lambda p: adv.input_gradient_sq_norms(score, graphdef, p, tokens))(params)
+    table_grads = jax.jit(jax.grad(lambda p: jnp.sum(score(nnx.merge(graphdef, p)))))(params)
+    expected = sum(float(jnp.sum(table_grads[m]["backbone"]["embed"]["embedding"][...] ** 2)) for m in ("g", "h"))
+    assert norms.shape == (1,) and float(norms[0]) == pytest.approx(expected, rel=1e-4)
+    assert expected > 0
+
+
+def test_gradient_penalty_applies_to_expert_rows_only(bigram, airl_model, uniform_samples):
+    graphdef, params = airl_model
+    s = uniform_samples
+    rows = (s.tokens[:8], s.prompt_lens[:8], s.response_lens[:8])
+    policy_graphdef, policy_params = _policy(bigram["tiny"])
+    batch = adv.discriminator_batch(rows, rows, 3, (policy_graphdef, policy_params, None))
+    mask = batch["mask"]
+
+    @jax.jit
+    def losses(params, batch):
+        plain, _ = adv.airl_loss(graphdef)(params, batch, None)
+        penalised, _ = adv.airl_loss(graphdef, grad_penalty=0.1)(params, batch, None)
+        score = lambda model: jnp.sum(jnp.where(mask, adv._airl_row_logits(1.0)(model, batch), 0.0), axis=1)  # noqa: E731
+        return plain, penalised, adv.input_gradient_sq_norms(score, graphdef, params, batch["tokens"])
+
+    plain, penalised, norms = losses(params, batch)
+    assert float(penalised.total - plain.total) == pytest.approx(0.05 * float(jnp.sum(norms[:8])), rel=1e-4)
+    assert float(penalised.count) == float(plain.count) and float(jnp.sum(norms[:8])) > 0
+    plain, penalised, _ = losses(params, dict(batch, label=jnp.zeros_like(batch["label"])))  # policy rows only
+    assert float(penalised.total) == pytest.approx(float(plain.total), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# AIRL against a fixed policy: f recovers log(pi_E / pi_ref) exactly (up to shaping)
+
+
+def _train(graphdef, params, loss_fn, batch, steps, learning_rate):
+    optimizer = optax.adam(learning_rate)
+    state = init_train_state(params, optimizer, jax.random.key(0))
+    step = make_update_step(loss_fn, optimizer)
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+    return state.full_params, metrics
+
+
+def test_airl_against_a_fixed_uniform_policy_recovers_the_true_reward(bigram):
+    """Sequence-level AIRL against the uniform policy, on the exact population objective: at
+    the optimum sum_t f_t = log pi_E(y|x)/pi_ref(y|x) (Fu et al. 2018) = R(x,y)/beta - log Z(x),
+    so g is the true reward / beta up to shaping; the loss reaches its minimum
+    log 2 - JSD(p_E, p_pi)."""
+    spec, task = bigram["spec"], bigram["task"]
+    policy_graphdef, policy_params = _policy(bigram["tiny"])
+    ref = adv.uniform_reference(policy_graphdef, policy_params)
+    batch = adv.exact_discriminator_batch(spec, bigram["expert"], bigram["uniform"], (policy_graphdef, ref, ref))
+    graphdef, params = nnx.split(adv.AIRLDiscriminator(bigram["config"], rngs=nnx.Rngs(0)))
+    params, metrics = _train(graphdef, params, adv.airl_loss(graphdef, level="sequence"), batch, 250, 1e-2)
+
+    p_e, p_u = np.split(np.asarray(batch["weight"], np.float64), 2)
+    mid = (p_e + p_u) / 2
+    jsd = 0.5 * np.sum(p_e * np.log(p_e / mid)) + 0.5 * np.sum(p_u * np.log(p_u / mid))
+    assert float(metrics["loss"]) == pytest.approx(np.log(2) - jsd, abs=2e-3)
+
+    report = adv.recovery_report(spec, bigram["true"], graphdef, params, bigram["expert"])
+    print("fixed-policy AIRL:", report)
+    assert report["g_corr_uniform"] > 0.95 and report["g_corr_expert"] > 0.99
+
+
+# ----------------------------------------------------------------------------------------------
+# GAIL
+
+
+def test_gail_discriminator_separates_expert_from_uniform_and_its_reward_improves_the_policy(bigram):
+    spec, task = bigram["spec"], bigram["task"]
+    batch = adv.exact_discriminator_batch(spec, bigram["expert"], bigram["uniform"])
+    graphdef, params = nnx.split(TokenRewardModel(bigram["config"], rngs=nnx.Rngs(0)))
+    params, metrics = _train(graphdef, params, adv.gail_loss(graphdef), batch, 100, 1e-2)
+    # token-level accuracy on each class, weighted by the exact probabilities of the responses
+    assert float(metrics["expert_accuracy"]) > 0.7 and float(metrics["policy_accuracy"]) > 0.7, metrics
+    samples = from_optimum(task, jax.random.key(4), 256, BETA)
+    uniform = oracle.sample(jax.random.key(5), spec, bigram["uniform"], 256)
+    reward_fn = adv.gail_rewards(graphdef, params, task.horizon, "logit")
+    mean_logit = lambda s: float(jnp.sum(reward_fn(s.tokens, s.prompt_lens, s.response_lens)) / jnp.sum(s.response_lens))  # noqa: E731
+    assert mean_logit(samples) > 0.3 > -0.3 > mean_logit(uniform)
+
+    # RL on the (fixed) GAIL reward raises the exact gold reward of the policy
+    policy_graphdef, policy_params = _policy(bigram["config"])
+    rl = RLConfig(kl_coef=0.0, prompts_per_iteration=16, group_size=8)
+    optimizer = optax.adam(3e-3)
+    state = init_train_state(policy_params, optimizer, jax.random.key(6))
+    step = make_update_step(rl_loss(policy_graphdef, rl, task.horizon), optimizer)
+    gold = lambda p: float(oracle.expected_reward(spec, oracle.log_probs_from_logits_fn(spec, logits_fn(policy_graphdef, p)), bigram["true"]))  # noqa: E731
+    before = gold(policy_params)
+    gail_reward = adv.gail_rewards(graphdef, params, task.horizon)
+    for i in range(30):
+        state, _ = rl_iteration(jax.random.key(100 + i), task, policy_graphdef, state, policy_params, step, rl, reward_fn=gail_reward)
+    after = gold(state.full_params)
+    print(f"GAIL: gold reward {before:.3f} -> {after:.3f} (expert {float(oracle.expected_reward(spec, bigram['expert'], bigram['true'])):.3f})")
+    assert after > before + 0.5
