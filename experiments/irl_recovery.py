@@ -11,7 +11,8 @@ the reward is right), so the numbers measure the reward, not an RL run:
     reward_correlation   = Pearson of learned and true per-token rewards after removing potential
                            shaping (``jirl.irl.recovery``), on tasks with per-token rewards.
 
-SFT's row is the SFT policy itself.
+SFT's row is the SFT policy itself, and GAIL's the policy it trained (at the game's equilibrium
+its discriminator carries no reward to re-optimise).
 
     jirl run irl_recovery --set tasks=bigram --set methods=sft,afd_init_demo,maxent
 """
@@ -29,7 +30,7 @@ from rich.table import Table
 from jirl.config import ConfigError
 from jirl.experiment import RunDir, register_experiment
 from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, IQLearnConfig, IRLContext, MaxEntConfig, train_on_demonstrations
+from jirl.irl.methods import IRL_METHODS, AdversarialSettings, IQLearnConfig, IRLContext, MaxEntConfig, train_on_demonstrations
 from jirl.irl.recovery import shaping_removed_token_correlation
 from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
@@ -53,6 +54,8 @@ METHODS = {
     "maxent": ("maxent", lambda c: c.maxent),
     "spin": ("spin", lambda c: c.spin),
     "iq_learn": ("iq_learn", lambda c: c.iq_learn),
+    "airl": ("airl", lambda c: c.airl),
+    "gail": ("gail", lambda c: c.gail),
 }
 
 
@@ -70,6 +73,8 @@ class IRLRecoveryConfig:
     maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
     spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
     iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
+    airl: AdversarialSettings = dataclasses.field(default_factory=AdversarialSettings)
+    gail: AdversarialSettings = dataclasses.field(default_factory=lambda: AdversarialSettings(iterations=100, level="token", disc_steps=2, disc_learning_rate=3e-3))
 
 
 def run_task(name: str, config: IRLRecoveryConfig, run: RunDir) -> dict:
@@ -104,9 +109,11 @@ def run_task(name: str, config: IRLRecoveryConfig, run: RunDir) -> dict:
             continue
         registered, settings = METHODS[method]
         learned = IRL_METHODS.get(registered)(context, settings(config))
-        reference_tree = tree_of(learned.reference)
-        policy = oracle.solve(spec, reference_tree, learned.tree, learned.beta).log_probs
-        results[method] = score(policy, learned.tree)
+        if learned.tree is None:  # GAIL: its result is the policy it trained
+            results[method] = score(tree_of(learned.policy))
+        else:  # the learned reward optimised exactly, at the method's reference and beta
+            policy = oracle.solve(spec, tree_of(learned.reference), learned.tree, learned.beta).log_probs
+            results[method] = score(policy, learned.tree)
         run.log(0, task=name, method=method, **results[method])
     return results
 

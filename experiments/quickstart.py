@@ -41,7 +41,7 @@ from jirl.train.sft import sft_loss
 from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
 from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, IQLearnConfig, IRLContext, MaxEntConfig, check_demonstrations
+from jirl.irl.methods import IRL_METHODS, AdversarialSettings, IQLearnConfig, IRLContext, MaxEntConfig, check_demonstrations
 from jirl.irl.spin import SPINConfig
 from jirl.mdp.demonstrations import Demonstrations
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
@@ -64,6 +64,8 @@ class QuickstartConfig:
     maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
     spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
     iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
+    airl: AdversarialSettings = dataclasses.field(default_factory=AdversarialSettings)
+    gail: AdversarialSettings = dataclasses.field(default_factory=lambda: AdversarialSettings(iterations=100, level="token", disc_steps=2, disc_learning_rate=3e-3))
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
     rl_iterations: int = 150
     rl_learning_rate: float = 1e-3

@@ -26,7 +26,7 @@ with pi the current policy (its log-probs are inputs, never differentiated). g i
 ``AIRLDiscriminator`` (``params["g"]``, ``params["h"]``). With gamma = 1, (A2) telescopes along a
 response: sum_t f_t = sum_t g_t - h(s_0).
 
-Reference-relative AIRL (the LLM form used here by default in ``adversarial_iteration``). An LLM
+Reference-relative AIRL (the LLM form; ``adversarial_iteration`` always uses it). An LLM
 expert is modelled as pi_E ∝ pi_ref exp(R/beta) for a reference pi_ref, so (A1) is taken
 relative to pi_ref:
 
@@ -41,6 +41,7 @@ r/beta up to shaping. The per-token (classic AIRL) discriminator reaches the sam
 the equilibrium pi = pi_E: against a fixed pi it also absorbs log rho_E(s)/rho_pi(s).
 
 The policy's AIRL reward is log D - log(1 - D) = logit D. Summed over a response with (A3),
+F(x,y) = sum_t f_t,
 
     E_pi[sum_t f_t - (log pi - log pi_ref)] = E_pi[F] - KL(pi || pi_ref),
 
@@ -71,7 +72,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -438,15 +440,15 @@ class ReplayBuffer:
     head: jax.Array  # int32 scalar, next slot to write
 
     @classmethod
-    def create(cls, capacity: int, width: int) -> "ReplayBuffer":
-        zeros = lambda *shape: jnp.zeros(shape, jnp.int32)  # noqa: E731
+    def create(cls, capacity: int, width: int) -> ReplayBuffer:
+        zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
         return cls(zeros(capacity, width), zeros(capacity), zeros(capacity), zeros(), zeros())
 
     @property
     def capacity(self) -> int:
         return self.tokens.shape[0]
 
-    def push(self, tokens, prompt_lens, response_lens) -> "ReplayBuffer":
+    def push(self, tokens, prompt_lens, response_lens) -> ReplayBuffer:
         tokens, prompt_lens, response_lens = tokens[-self.capacity :], prompt_lens[-self.capacity :], response_lens[-self.capacity :]
         num = tokens.shape[0]
         slots = (self.head + jnp.arange(num)) % self.capacity
@@ -519,10 +521,18 @@ class AdversarialConfig:
     grad_penalty: float = 0.0  # R1 coefficient on the expert embeddings
     samples_per_iteration: int = 128  # fresh policy responses pushed to the buffer per iteration
     buffer_capacity: int = 256
-    disc_steps: int = 5  # discriminator updates per iteration
+    disc_steps: int = 10  # discriminator updates per iteration
     disc_batch_size: int = 128  # rows of each class per discriminator update
     reward: Literal["f", "g"] = "f"  # AIRL: reward handed to the policy
     gail_reward: str = "softplus"  # GAIL: a key of GAIL_REWARD_FORMS
+
+    def __post_init__(self):
+        choices = {"method": ("airl", "gail"), "level": ("token", "sequence"), "reward": ("f", "g"), "gail_reward": tuple(GAIL_REWARD_FORMS)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"AdversarialConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if min(self.disc_steps, self.disc_batch_size, self.samples_per_iteration, self.buffer_capacity) < 1:
+            raise ValueError("disc_steps, disc_batch_size, samples_per_iteration and buffer_capacity must all be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,8 +556,16 @@ def init_adversarial(
     rl: RLConfig, config: AdversarialConfig, policy_optimizer: optax.GradientTransformation,
     disc_optimizer: optax.GradientTransformation,
 ) -> tuple[AdversarialSetup, TrainState, TrainState, ReplayBuffer]:
-    """Compile both update steps and build the train states and an empty replay buffer. For
-    AIRL the RL loop should use ``rl.kl_coef = 1`` with ``ref_params`` (e.g. ``uniform_reference``)."""
+    """Compile both update steps and build the train states and an empty replay buffer.
+
+    AIRL runs reference-relative (A3) against ``ref_params`` (``uniform_reference`` for the
+    classic uniform-reference setting) and needs ``rl.kl_coef = 1``: only then is the RL
+    objective E[F] - KL(pi || pi_ref) AIRL's policy objective, with optimum pi_E."""
+    if config.method == "airl" and rl.kl_coef != 1.0:
+        raise ValueError(
+            f"AIRL's policy objective is KL-regularised RL with reward f at kl_coef = 1 against the discriminator's "
+            f"reference; got kl_coef={rl.kl_coef}. Set RLConfig(kl_coef=1.0)."
+        )
     if config.method == "airl":
         disc_loss = airl_loss(disc_graphdef, config.gamma, config.level, config.grad_penalty)
     else:
@@ -574,8 +592,10 @@ def policy_reward_fn(setup: AdversarialSetup, disc_params) -> Callable:
 def adversarial_iteration(key, setup: AdversarialSetup, policy_state, disc_state, buffer: ReplayBuffer):
     """One round: sample the policy into the replay buffer, ``disc_steps`` discriminator updates
     on expert vs replayed rows, then one ``rl_iteration`` on the discriminator's reward.
-    AIRL's log-probs are recomputed under the current policy at every update (with replay
-    this is an approximation of (A1): the replayed rows come from recent, not current, policies).
+    AIRL's log-probs are recomputed under the current policy at every update; with replay
+    that is an approximation (replayed rows come from recent policies, not the current one),
+    exact when ``buffer_capacity <= samples_per_iteration``. ``policy_gold_return`` (the task's
+    gold return of the fresh samples) is a diagnostic only; nothing trains on it.
     Returns ``(policy_state, disc_state, buffer, metrics)``."""
     task, config, expert = setup.task, setup.config, setup.expert
     sample_key, disc_key, rl_key = jax.random.split(key, 3)

@@ -43,6 +43,7 @@ class LearnedReward:
     reference: Any  # parameters of the RL reference policy
     beta: float  # the KL coefficient at which the RL optimum is the expert, if the reward is exact
     tree: list | None = None  # the reward on the oracle's tree, where the task is enumerable
+    policy: Any = None  # the policy the method trained along the way, if any (GAIL, AIRL)
     info: dict = dataclasses.field(default_factory=dict)  # training metrics worth reporting
 
 
@@ -194,4 +195,74 @@ def iq_learn_method(context: IRLContext, settings: IQLearnConfig) -> LearnedRewa
         reward_fn=iq_reward_fn(context.graphdef, params, context.task.horizon),
         reference=uniform_reference(context.graphdef, context.init_params), beta=1.0, tree=tree,
         info={"alpha": settings.alpha},
+    )
+
+
+@dataclasses.dataclass
+class AdversarialSettings:
+    iterations: int = 200
+    level: str = "sequence"  # discriminator loss per response ("sequence") or per token
+    disc_steps: int = 10
+    policy_learning_rate: float = 3e-3
+    disc_learning_rate: float = 1e-3
+
+
+def run_adversarial(context: IRLContext, settings: AdversarialSettings, method: str):
+    """AIRL or GAIL (``jirl.irl.adversarial``) from the initial policy: alternating
+    discriminator and RLOO updates. Returns (discriminator graphdef, params, policy params, reference)."""
+    import optax
+    from flax import nnx
+
+    from jirl.irl import adversarial as adv
+    from jirl.models.heads import TokenRewardModel
+    from jirl.rl.loop import RLConfig
+
+    keys = jax.random.split(context.key, 3)
+    if method == "airl":
+        reference = adv.uniform_reference(context.graphdef, context.init_params)
+        disc = adv.AIRLDiscriminator(context.model_config, rngs=nnx.Rngs(int(jax.random.randint(keys[0], (), 0, 2**30))))
+        rl = RLConfig(kl_coef=1.0, prompts_per_iteration=16, group_size=8)
+        config = adv.AdversarialConfig(method="airl", level=settings.level, disc_steps=settings.disc_steps)
+    else:
+        reference = context.init_params
+        disc = TokenRewardModel(context.model_config, rngs=nnx.Rngs(int(jax.random.randint(keys[0], (), 0, 2**30))))
+        rl = RLConfig(kl_coef=0.0, prompts_per_iteration=16, group_size=8)
+        config = adv.AdversarialConfig(method="gail", level="token", gail_reward="logit", disc_steps=settings.disc_steps)
+    disc_graphdef, disc_params = nnx.split(disc)
+    setup, policy_state, disc_state, buffer = adv.init_adversarial(
+        keys[1], context.task, context.demos, context.graphdef, context.init_params, reference, disc_graphdef, disc_params,
+        rl, config,
+        optax.adam(optax.cosine_decay_schedule(settings.policy_learning_rate, settings.iterations, alpha=0.1)),
+        optax.adam(optax.cosine_decay_schedule(settings.disc_learning_rate, settings.iterations * settings.disc_steps, alpha=0.1)),
+    )
+    for i in range(1, settings.iterations + 1):
+        policy_state, disc_state, buffer, _ = adv.adversarial_iteration(jax.random.fold_in(keys[2], i), setup, policy_state, disc_state, buffer)
+    return disc_graphdef, disc_state.full_params, policy_state.full_params, reference
+
+
+@IRL_METHODS.register("airl")
+def airl_method(context: IRLContext, settings: AdversarialSettings) -> LearnedReward:
+    """AIRL (``jirl.irl.adversarial``): the disentangled reward g of the discriminator
+    f = g + h(s') - h(s), whose optimum over a uniform reference at beta = 1 is the expert."""
+    from jirl.irl.adversarial import airl_reward_trees, airl_rewards
+
+    disc_graphdef, disc_params, policy, reference = run_adversarial(context, settings, "airl")
+    tree = airl_reward_trees(context.spec, disc_graphdef, disc_params)["g"] if context.spec is not None else None
+    return LearnedReward(
+        reward_fn=airl_rewards(disc_graphdef, disc_params, context.task.horizon, "g"),
+        reference=reference, beta=1.0, tree=tree, policy=policy,
+    )
+
+
+@IRL_METHODS.register("gail")
+def gail_method(context: IRLContext, settings: AdversarialSettings) -> LearnedReward:
+    """GAIL (``jirl.irl.adversarial``): a token-level discriminator's logit as the reward. At
+    the game's equilibrium the discriminator is uninformative, so GAIL's result is its policy,
+    not a reward to re-optimise (``tree`` is None)."""
+    from jirl.irl.adversarial import gail_rewards
+
+    disc_graphdef, disc_params, policy, reference = run_adversarial(context, settings, "gail")
+    return LearnedReward(
+        reward_fn=gail_rewards(disc_graphdef, disc_params, context.task.horizon, "logit"),
+        reference=reference, beta=0.0, tree=None, policy=policy,
     )

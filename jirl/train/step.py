@@ -62,7 +62,7 @@ def init_train_state(params, optimizer: optax.GradientTransformation, key, train
         frozen=frozen,
         opt_state=optimizer.init(trainable_params),
         step=jnp.zeros((), jnp.int32),
-        key=key,
+        key=jax.random.clone(key),  # a copy too: the caller may reuse its key after the state is donated
     )
 
 

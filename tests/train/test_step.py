@@ -175,3 +175,14 @@ def test_mesh_errors_name_the_sizes():
         sharding.make_mesh(data=2, fsdp=3)
     with pytest.raises(ValueError, match="not divisible by the 8 data shards"):
         sharding.shard_batch(make_batch(batch_size=12, empty_rows=()), sharding.make_mesh(data=8))
+
+
+def test_the_callers_params_and_key_survive_donation_of_the_state():
+    params = nnx.State({"w": jnp.ones(3)})
+    key = jax.random.key(0)
+    optimizer = optax.sgd(0.1)
+    state = init_train_state(params, optimizer, key)
+    step = make_update_step(lambda p, b, k: (LossOutput(jnp.sum(p["w"] ** 2), jnp.asarray(1.0)), {}), optimizer)
+    state, _ = step(state, {"x": jnp.ones(1)})  # donates the state's buffers
+    np.testing.assert_array_equal(np.asarray(params["w"][...]), np.ones(3))
+    assert jax.random.split(key).shape == (2,)  # still a live key
