@@ -30,7 +30,7 @@ from rich.table import Table
 from jirl.config import ConfigError
 from jirl.experiment import RunDir, register_experiment
 from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, AdversarialSettings, IQLearnConfig, IRLContext, MaxEntConfig, train_on_demonstrations
+from jirl.irl.methods import IRL_METHODS, AdversarialSettings, IQLearnConfig, IRLContext, MaxEntConfig, check_demonstrations, train_on_demonstrations
 from jirl.irl.recovery import shaping_removed_token_correlation
 from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
@@ -85,6 +85,7 @@ def run_task(name: str, config: IRLRecoveryConfig, run: RunDir) -> dict:
     keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), len(name)), 4)
     demos = from_optimum(task, keys[0], config.num_demos, config.expert_beta)
     model_config = config.model.build(task.vocab_size, task.prompt_width + task.horizon)
+    check_demonstrations(demos, task.vocab_size, model_config.max_len)
     graphdef, init = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
     init = jax.tree_util.tree_map(jnp.copy, init)
     tree_of = lambda params: oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, params))  # noqa: E731
