@@ -29,10 +29,8 @@ from rich.table import Table
 
 from jirl.config import ConfigError
 from jirl.experiment import RunDir, register_experiment
-from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, AdversarialSettings, IQLearnConfig, IRLContext, MaxEntConfig, check_demonstrations, train_on_demonstrations
+from jirl.irl.methods import IRL_METHODS, IRLContext, IRLSettings, check_demonstrations, train_on_demonstrations
 from jirl.irl.recovery import shaping_removed_token_correlation
-from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
 from jirl.mdp.demonstrations import from_optimum
 from jirl.mdp.tasks import TaskConfig, build_task
@@ -48,14 +46,14 @@ TASKS = {
 PER_TOKEN_TASKS = ("bigram",)
 # method name -> (registered IRL method, settings builder from the experiment's config)
 METHODS = {
-    "afd_init_sft": ("afd", lambda c: dataclasses.replace(c.afd, variant="init_sft")),
-    "afd_init_demo": ("afd", lambda c: dataclasses.replace(c.afd, variant="init_demo")),
-    "afd_sft_demo": ("afd", lambda c: dataclasses.replace(c.afd, variant="sft_demo")),
-    "maxent": ("maxent", lambda c: c.maxent),
-    "spin": ("spin", lambda c: c.spin),
-    "iq_learn": ("iq_learn", lambda c: c.iq_learn),
-    "airl": ("airl", lambda c: c.airl),
-    "gail": ("gail", lambda c: c.gail),
+    "afd_init_sft": ("afd", lambda c: dataclasses.replace(c.settings.afd, variant="init_sft")),
+    "afd_init_demo": ("afd", lambda c: dataclasses.replace(c.settings.afd, variant="init_demo")),
+    "afd_sft_demo": ("afd", lambda c: dataclasses.replace(c.settings.afd, variant="sft_demo")),
+    "maxent": ("maxent", lambda c: c.settings.maxent),
+    "spin": ("spin", lambda c: c.settings.spin),
+    "iq_learn": ("iq_learn", lambda c: c.settings.iq_learn),
+    "airl": ("airl", lambda c: c.settings.airl),
+    "gail": ("gail", lambda c: c.settings.gail),
 }
 
 
@@ -69,12 +67,7 @@ class IRLRecoveryConfig:
     sft_steps: int = 400
     sft_learning_rate: float = 3e-3
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
-    afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
-    maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
-    spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
-    iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
-    airl: AdversarialSettings = dataclasses.field(default_factory=AdversarialSettings)
-    gail: AdversarialSettings = dataclasses.field(default_factory=lambda: AdversarialSettings(iterations=100, level="token", disc_steps=2, disc_learning_rate=3e-3))
+    settings: IRLSettings = dataclasses.field(default_factory=IRLSettings)  # per-method settings
 
 
 def run_task(name: str, config: IRLRecoveryConfig, run: RunDir) -> dict:

@@ -13,7 +13,7 @@
    reference, printed as a table and plotted.
 
     jirl run quickstart --set train.steps=500 --set task.name=gold_rm
-    jirl run quickstart --set irl=afd --set afd.variant=init_demo
+    jirl run quickstart --set irl=afd --set settings.afd.variant=init_demo
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ from jirl.train.loop import TrainConfig, fit, make_optimizer
 from jirl.train.sft import sft_loss
 from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
-from jirl.irl.afd import AfDConfig
-from jirl.irl.methods import IRL_METHODS, AdversarialSettings, IQLearnConfig, IRLContext, MaxEntConfig, check_demonstrations
-from jirl.irl.spin import SPINConfig
+from jirl.irl.methods import IRL_METHODS, IRLContext, IRLSettings, check_demonstrations
 from jirl.mdp.demonstrations import Demonstrations
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 
@@ -60,12 +58,7 @@ class QuickstartConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=400, eval_every=50))
     data_dir: str = ""  # where the demonstrations dataset is written (default: <run>/data)
     irl: str = "afd"  # a name in jirl.irl.methods.IRL_METHODS; "none" stops after SFT
-    afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
-    maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
-    spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
-    iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
-    airl: AdversarialSettings = dataclasses.field(default_factory=AdversarialSettings)
-    gail: AdversarialSettings = dataclasses.field(default_factory=lambda: AdversarialSettings(iterations=100, level="token", disc_steps=2, disc_learning_rate=3e-3))
+    settings: IRLSettings = dataclasses.field(default_factory=IRLSettings)  # per-method settings
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
     rl_iterations: int = 150
     rl_learning_rate: float = 1e-3
@@ -160,7 +153,7 @@ def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate
     """Learn the reward, optimise the SFT policy against it, evaluate exactly. Runs again from
     the start of this stage on ``--resume`` (it is short and deterministic); its per-iteration
     metrics go to ``irl_metrics.jsonl``."""
-    settings = getattr(config, config.irl, None)  # each method's settings live under its own name
+    settings = getattr(config.settings, config.irl)
     learned = IRL_METHODS.get(config.irl)(context, settings)
     task, graphdef = context.task, context.graphdef
     rl = dataclasses.replace(config.rl, kl_coef=learned.beta)

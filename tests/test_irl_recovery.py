@@ -18,7 +18,7 @@ def test_unknown_method_or_task_is_a_clear_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_afd_iq_learn_and_airl_recover_the_expert_on_two_tasks(tmp_path):
     out = tmp_path / "run"
-    settings = ["tasks=bigram,gold_rm", "methods=afd_init_demo,iq_learn,airl", "sft_steps=50", "airl.iterations=150"]
+    settings = ["tasks=bigram,gold_rm", "methods=afd_init_demo,iq_learn,airl", "sft_steps=50", "settings.airl.iterations=150"]
     assert main(["run", "irl_recovery", "--out", str(out), "--set", *settings]) == 0
     methods = json.loads((out / "results.json").read_text())["methods"]
     for method, per_task in methods.items():

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jirl.config import JirlError
+from jirl.irl.afd import AfDConfig
+from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
 from jirl.mdp.demonstrations import Demonstrations, from_policy
 from jirl.registry import Registry
@@ -265,4 +267,19 @@ def gail_method(context: IRLContext, settings: AdversarialSettings) -> LearnedRe
     return LearnedReward(
         reward_fn=gail_rewards(disc_graphdef, disc_params, context.task.horizon, "logit"),
         reference=reference, beta=0.0, tree=None, policy=policy,
+    )
+
+
+@dataclasses.dataclass
+class IRLSettings:
+    """Every IRL method's settings, each under the method's registered name
+    (``--set settings.afd.variant=init_demo``)."""
+
+    afd: AfDConfig = dataclasses.field(default_factory=AfDConfig)
+    maxent: MaxEntConfig = dataclasses.field(default_factory=MaxEntConfig)
+    spin: SPINConfig = dataclasses.field(default_factory=SPINConfig)
+    iq_learn: IQLearnConfig = dataclasses.field(default_factory=IQLearnConfig)
+    airl: AdversarialSettings = dataclasses.field(default_factory=AdversarialSettings)
+    gail: AdversarialSettings = dataclasses.field(
+        default_factory=lambda: AdversarialSettings(iterations=100, level="token", disc_steps=2, disc_learning_rate=3e-3)
     )

@@ -30,7 +30,7 @@ from jirl.train.step import init_train_state, make_update_step
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [
     "train.steps=40", "train.checkpoint_every=8", "train.eval_every=10", "num_demos=256", "train.batch_size=32",
-    "rl_iterations=5", "afd.steps=20",  # a short IRL stage: it reruns from its start on --resume
+    "rl_iterations=5", "settings.afd.steps=20",  # a short IRL stage: it reruns from its start on --resume
 ]
 
 
