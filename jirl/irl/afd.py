@@ -35,6 +35,7 @@ from jirl.mdp import oracle
 from jirl.models.heads import SequenceRewardModel
 from jirl.rewards.losses import preference_objective
 from jirl.rewards.models import sequence_reward_fn
+from jirl.train.loop import train_on_arrays
 from jirl.train.step import init_train_state, make_update_step
 
 # variant -> (positives, negatives); each names one of "demo", "sft", "init"
@@ -102,12 +103,8 @@ def train_discriminator(key, pairs: dict, model_config, config: AfDConfig):
     optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.1))
     state = init_train_state(params, optimizer, state_key)
     step = make_update_step(preference_objective(sequence_reward_fn(graphdef), loss=config.loss, margin_key=None), optimizer)
-    rows = len(pairs["chosen"])
-    size = min(config.batch_size, rows)
-    rng = np.random.default_rng(int(jax.random.randint(order_key, (), 0, 2**30)))
-    for _ in range(config.steps):
-        index = rng.choice(rows, size=size, replace=False)
-        state, metrics = step(state, {k: jnp.asarray(v[index]) for k, v in pairs.items()})
+    seed = int(jax.random.randint(order_key, (), 0, 2**30))
+    state, metrics = train_on_arrays(state, step, pairs, config.steps, config.batch_size, seed)
     return graphdef, state.full_params, {k: float(v) for k, v in metrics.items() if jnp.ndim(v) == 0}
 
 

@@ -112,7 +112,7 @@ import numpy as np
 from flax import struct
 
 from jirl.mdp import oracle
-from jirl.models.scoring import gather_response, response_mask
+from jirl.models.scoring import gather_response, response_mask, token_log_probs
 from jirl.models.transformer import forward
 from jirl.train.losses import AGGREGATIONS, OBJECTIVES, LossFn, LossOutput, token_mean
 from jirl.train.sft import check_batch_keys
@@ -197,7 +197,7 @@ def iq_learn_terms(
     mask = jnp.asarray(mask, bool)
     v = soft_value(q_all, beta, reference)  # [B, T]
     q = jnp.take_along_axis(q_all, actions[..., None], axis=-1)[..., 0]
-    log_probs = jnp.take_along_axis(jax.nn.log_softmax(q_all / beta, axis=-1), actions[..., None], axis=-1)[..., 0]
+    log_probs = token_log_probs(q_all, actions, beta)  # the one log-prob path, at temperature beta
     next_valid = jnp.concatenate([mask[:, 1:], jnp.zeros_like(mask[:, :1])], axis=1) & mask
     v_next = jnp.where(next_valid, jnp.concatenate([v[:, 1:], jnp.zeros_like(v[:, :1])], axis=1), 0.0)
     reward = q - gamma * v_next

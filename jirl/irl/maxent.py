@@ -102,16 +102,7 @@ def bigram_features(spec: oracle.TreeSpec, dtype=jnp.float32) -> Tree:
 # Occupancies and feature expectations
 
 
-@_jit_over_spec
-def state_action_occupancy(spec: oracle.TreeSpec, log_probs: Tree, prompt_weights=None) -> Tree:
-    """rho(x,s,a) = rho(x) pi(s|x) pi(a|s), with rho(x) = ``prompt_weights`` (default
-    spec.prompt_weights). Each prompt's entries at each depth sum to at most rho(x); the
-    terminal actions' entries of a prompt sum to exactly rho(x)."""
-    oracle.check_tree(spec, log_probs, "log_probs")
-    dtype = log_probs[0].dtype
-    weights = jnp.asarray(spec.prompt_weights if prompt_weights is None else prompt_weights, dtype)
-    joint = oracle.sequence_log_probs(spec, log_probs)
-    return [weights[:, None, None] * jnp.exp(lp) for lp in joint]
+state_action_occupancy = oracle.state_action_occupancy  # re-exported: the occupancies below build on it
 
 
 def prompt_marginal(occupancy: Tree) -> jax.Array:

@@ -162,17 +162,14 @@ def train_on_demonstrations(key, graphdef, params, demos, loss_fn, steps: int, b
     (``tokens``, ``prompt_len``, ``response_len``); returns the trained parameters."""
     import optax
 
+    from jirl.train.loop import train_on_arrays
     from jirl.train.step import init_train_state, make_update_step
 
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=0.1))
     state = init_train_state(params, optimizer, key)
     step = make_update_step(loss_fn, optimizer)
     batch = {"tokens": demos.tokens, "prompt_len": demos.prompt_lens, "response_len": demos.response_lens}
-    rows = int(np.asarray(demos.tokens).shape[0])
-    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**30)))
-    for _ in range(steps):
-        index = jnp.asarray(rng.choice(rows, size=min(batch_size, rows), replace=False))
-        state, _ = step(state, {k: v[index] for k, v in batch.items()})
+    state, _ = train_on_arrays(state, step, batch, steps, batch_size, int(jax.random.randint(key, (), 0, 2**30)))
     return state.full_params
 
 

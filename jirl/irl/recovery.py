@@ -160,9 +160,7 @@ def _pair_weights(spec: oracle.TreeSpec, weights: Tree | None, log_probs: Tree |
         oracle.check_tree(spec, weights, "weights")
         return [jnp.asarray(w, dtype) for w in weights]
     if log_probs is not None:
-        oracle.check_tree(spec, log_probs, "log_probs")
-        occupancy = oracle.state_occupancy(spec, log_probs)
-        return [(occ[..., None] * jnp.exp(lp)).astype(dtype) for occ, lp in zip(occupancy, log_probs)]
+        return [occupancy.astype(dtype) for occupancy in oracle.state_action_occupancy(spec, log_probs)]
     prompt = jnp.asarray(spec.prompt_weights, dtype)[:, None, None]
     return [jnp.broadcast_to(prompt, spec.tree_shape(t)) for t in range(spec.horizon)]
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jirl.irl.afd import discriminator_pairs
 from jirl.mdp.demonstrations import from_policy
 from jirl.preference.objective import POLICY_ONLY, preference_loss, with_reference
+from jirl.train.loop import train_on_arrays
 from jirl.train.step import init_train_state, make_update_step
 
 
@@ -49,11 +49,8 @@ def spin_iteration(key, task, graphdef, params, demos, config: SPINConfig, updat
     pairs = discriminator_pairs(pair_key, demos, own)
     optimizer, step = update or spin_update(graphdef, config)
     state = init_train_state(with_reference(params, params), optimizer, order_key, trainable=POLICY_ONLY)
-    rng = np.random.default_rng(int(jax.random.randint(order_key, (), 0, 2**30)))
-    rows = len(pairs["chosen"])
-    for _ in range(config.steps_per_iteration):
-        index = rng.choice(rows, size=min(config.batch_size, rows), replace=False)
-        state, _ = step(state, {k: jnp.asarray(v[index]) for k, v in pairs.items()})
+    seed = int(jax.random.randint(order_key, (), 0, 2**30))
+    state, _ = train_on_arrays(state, step, pairs, config.steps_per_iteration, config.batch_size, seed)
     return state.full_params["policy"]
 
 

@@ -310,6 +310,17 @@ def state_occupancy(spec: TreeSpec, log_probs: Tree) -> StateTree:
     return [weights * jnp.exp(reach) for reach in state_log_probs(spec, log_probs)]
 
 
+@_jit_over_spec
+def state_action_occupancy(spec: TreeSpec, log_probs: Tree, prompt_weights=None) -> Tree:
+    """rho(x,s,a) = rho(x) pi(s|x) pi(a|s), with rho(x) = ``prompt_weights`` (default
+    spec.prompt_weights). Each prompt's entries at each depth sum to at most rho(x); the
+    terminal actions' entries of a prompt sum to exactly rho(x)."""
+    check_tree(spec, log_probs, "log_probs")
+    dtype = log_probs[0].dtype
+    weights = jnp.asarray(spec.prompt_weights if prompt_weights is None else prompt_weights, dtype)
+    return [weights[:, None, None] * jnp.exp(lp) for lp in sequence_log_probs(spec, log_probs)]
+
+
 def _weighted_sum(weight: jax.Array, values: jax.Array) -> jax.Array:
     """sum weight * values with 0 * anything = 0 (no NaN from 0 * inf, in value or gradient)."""
     support = weight > 0

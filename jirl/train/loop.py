@@ -16,6 +16,7 @@ import time
 from typing import Callable, Iterator, Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -182,3 +183,17 @@ def fit(
         logger.close()
         manager.close()
     return state
+
+
+def train_on_arrays(state: TrainState, step_fn: Callable, data: dict, steps: int, batch_size: int, seed: int) -> tuple[TrainState, dict]:
+    """``steps`` updates on minibatches drawn without replacement (per batch) from in-memory
+    ``data`` (a dict of equal-length arrays), for small datasets that need no loader,
+    checkpoints or logs. Returns the final state and the last step's metrics."""
+    rows = len(next(iter(data.values())))
+    size = min(batch_size, rows)
+    rng = np.random.default_rng(seed)
+    metrics = {}
+    for _ in range(steps):
+        index = rng.choice(rows, size=size, replace=False)
+        state, metrics = step_fn(state, {k: jnp.asarray(v[index]) for k, v in data.items()})
+    return state, metrics
