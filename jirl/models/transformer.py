@@ -113,6 +113,9 @@ class TransformerOutput:
     logits: jax.Array  # [batch, time, vocab], float32 (or float64 for a float64 model)
     hidden: jax.Array  # [batch, time, d_model], final-normed hidden states (input to heads)
     cache: KVCache | None
+    # With ``return_attention=True``: one ``[batch, heads, time, keys]`` array of attention
+    # probabilities per layer (attention-based credit reads them); otherwise None.
+    attention: tuple[jax.Array, ...] | None = None
 
 
 def rotary_embedding(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
@@ -136,6 +139,7 @@ def attention(q, k, v, query_positions, key_positions):
 
     q: [b, tq, heads, d]; k, v: [b, tk, kv_heads, d]; query_positions: [b, tq];
     key_positions: [b, tk]. A query attends to the keys whose position is <= its own.
+    Returns the output ``[b, tq, heads * d]`` and the probabilities ``[b, heads, tq, tk]``.
     """
     b, tq, num_heads, d = q.shape
     kv_heads = k.shape[2]
@@ -146,7 +150,7 @@ def attention(q, k, v, query_positions, key_positions):
     scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
-    return out.reshape(b, tq, num_heads * d)
+    return out.reshape(b, tq, num_heads * d), weights.reshape(b, num_heads, tq, -1)
 
 
 class Attention(nnx.Module):
@@ -162,7 +166,8 @@ class Attention(nnx.Module):
         self.o_proj = nnx.Linear(h * hd, d, use_bias=out_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, positions, layer_cache=None):
-        """Returns the attention output and, with a cache, the updated ``(keys, values)``."""
+        """Returns the attention output, with a cache the updated ``(keys, values)`` (else
+        None), and the attention probabilities ``[b, heads, t, keys]``."""
         cfg = self.config
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.dims_per_head)
@@ -172,16 +177,16 @@ class Attention(nnx.Module):
             q = rotary_embedding(q, positions, cfg.rope_base)
             k = rotary_embedding(k, positions, cfg.rope_base)
         if layer_cache is None:
-            out = attention(q, k, v, positions, positions)
-            return self.o_proj(out), None
+            out, weights = attention(q, k, v, positions, positions)
+            return self.o_proj(out), None, weights
         # Write this chunk into its slots (slot = position), then attend over the whole buffer.
         cache_k, cache_v = layer_cache
         rows = jnp.arange(b)[:, None]
         cache_k = cache_k.at[rows, positions].set(k.astype(cache_k.dtype))
         cache_v = cache_v.at[rows, positions].set(v.astype(cache_v.dtype))
         slots = jnp.broadcast_to(jnp.arange(cache_k.shape[1]), (b, cache_k.shape[1]))
-        out = attention(q, cache_k, cache_v, positions, slots)
-        return self.o_proj(out), (cache_k, cache_v)
+        out, weights = attention(q, cache_k, cache_v, positions, slots)
+        return self.o_proj(out), (cache_k, cache_v), weights
 
 
 class MLP(nnx.Module):
@@ -220,10 +225,10 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x, positions, layer_cache=None):
-        attn_out, layer_cache = self.attn(self.attn_norm(x), positions, layer_cache)
+        attn_out, layer_cache, weights = self.attn(self.attn_norm(x), positions, layer_cache)
         x = x + attn_out
         x = x + self.mlp(self.mlp_norm(x))
-        return x, layer_cache
+        return x, layer_cache, weights
 
 
 class Transformer(nnx.Module):
@@ -241,12 +246,13 @@ class Transformer(nnx.Module):
         if not config.tie_embeddings:
             self.lm_head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs)
 
-    def __call__(self, tokens, positions=None, cache: KVCache | None = None) -> TransformerOutput:
+    def __call__(self, tokens, positions=None, cache: KVCache | None = None, return_attention: bool = False) -> TransformerOutput:
         """tokens: [batch, time] ids; positions: [batch, time] (default ``0..time-1``).
 
         With a ``cache``, the tokens' keys/values are written to the slots given by
         ``positions`` and each token attends to every cached slot at or before its position
-        (prefill and incremental decoding are the same call).
+        (prefill and incremental decoding are the same call). ``return_attention`` also returns
+        every layer's attention probabilities (unused ones cost nothing under jit).
         """
         b, t = tokens.shape
         if cache is None and t > self.config.max_len:
@@ -259,10 +265,11 @@ class Transformer(nnx.Module):
         x = self.embed(tokens)
         if self.config.family == "gpt2":
             x = x + self.position_embed(positions)
-        new_keys, new_values = [], []
+        new_keys, new_values, attention_weights = [], [], []
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, layer_cache = layer(x, positions, layer_cache)
+            x, layer_cache, weights = layer(x, positions, layer_cache)
+            attention_weights.append(weights)
             if layer_cache is not None:
                 new_keys.append(layer_cache[0])
                 new_values.append(layer_cache[1])
@@ -273,7 +280,9 @@ class Transformer(nnx.Module):
             logits = self.lm_head(hidden)
         new_cache = None if cache is None else KVCache(tuple(new_keys), tuple(new_values))
         logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-        return TransformerOutput(logits=logits, hidden=hidden, cache=new_cache)
+        return TransformerOutput(
+            logits=logits, hidden=hidden, cache=new_cache, attention=tuple(attention_weights) if return_attention else None
+        )
 
 
 def forward(graphdef, params, tokens, positions=None, cache=None) -> TransformerOutput:

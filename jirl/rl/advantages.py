@@ -263,6 +263,19 @@ def _rloo_core(rewards, mask, group_ids, num_groups):
 
 
 @functools.partial(jax.jit, static_argnames="num_groups")
+def _rloo_to_go_core(rewards, mask, group_ids, gamma, num_groups):
+    rewards, valid = _masked_rewards(rewards, mask)
+    returns_to_go = _reward_to_go(rewards, valid, gamma)
+    segment, num_segments = _group_segments(group_ids, num_groups)
+    # Per group and step: the sum and number of the members still generating at that step.
+    group_totals = jax.ops.segment_sum(returns_to_go, segment, num_segments)[segment]
+    group_counts = jax.ops.segment_sum(valid.astype(rewards.dtype), segment, num_segments)[segment]
+    others = group_counts - 1
+    baseline = jnp.where(others > 0, (group_totals - returns_to_go) / jnp.maximum(others, 1), 0)
+    return jnp.where(valid, returns_to_go - baseline, 0)
+
+
+@functools.partial(jax.jit, static_argnames="num_groups")
 def _grpo_core(rewards, mask, group_ids, eps, num_groups):
     centred, spread, _, valid = _sequence_group_stats(rewards, mask, group_ids, num_groups)
     return _broadcast_to_tokens(centred / (spread + eps), valid)
@@ -397,6 +410,30 @@ def rloo(
     _check_inputs(rewards, mask)
     group_ids, num_groups = _check_group_ids(group_ids, jnp.shape(rewards)[0], num_groups, "rloo")
     return _rloo_core(rewards, mask, group_ids, num_groups)
+
+
+@ADVANTAGES.register("rloo_to_go")
+def rloo_to_go(
+    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, num_groups=None, **unused
+) -> Array:
+    """RLOO (Kool et al., 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!") on per-step
+    returns, for dense rewards: each token's reward-to-go minus the mean reward-to-go, at the
+    same step, of the *other* members of its group still generating then,
+
+        A_{b,t} = G_{b,t} - 1/(|g_t| - 1) sum_{b' in g_t, b' != b} G_{b',t},
+        G_{b,t} = sum_{t' >= t} gamma^{t'-t} r_{b,t'},
+
+    (``g_t``: the group's rows valid at step t; the baseline is 0 when no other row is). The
+    baseline does not depend on the row's own actions, so the gradient stays unbiased. With
+    sparse rewards and equal response lengths this is exactly ``rloo``; with dense rewards a token is credited only
+    with the rewards from its own step on, which is what dense credit assignment needs (the
+    sequence-level estimators sum a dense reward back into one number per response, so every
+    return-preserving redistribution gives them the same advantages). PRIME (Cui et al. 2025)
+    combines outcome and implicit process rewards under this kind of leave-one-out baseline.
+    """
+    _check_inputs(rewards, mask)
+    group_ids, num_groups = _check_group_ids(group_ids, jnp.shape(rewards)[0], num_groups, "rloo_to_go")
+    return _rloo_to_go_core(rewards, mask, group_ids, gamma, num_groups)
 
 
 @ADVANTAGES.register("remax")

@@ -73,9 +73,10 @@ def test_attention_matches_numpy_reference_with_grouped_heads():
     k = rng.standard_normal((b, t, kv_heads, d)).astype(np.float32)
     v = rng.standard_normal((b, t, kv_heads, d)).astype(np.float32)
     positions = np.broadcast_to(np.arange(t), (b, t))
-    out = np.asarray(attention(q, k, v, positions, positions))
+    out, probs = attention(q, k, v, positions, positions)
 
     expected = np.zeros((b, t, heads, d))
+    expected_probs = np.zeros((b, heads, t, t))
     group = heads // kv_heads
     for bi in range(b):
         for h in range(heads):
@@ -85,7 +86,9 @@ def test_attention_matches_numpy_reference_with_grouped_heads():
                 w = np.exp(scores - scores.max())
                 w /= w.sum()
                 expected[bi, i, h] = sum(w[j] * v[bi, j, kh] for j in range(i + 1))
+                expected_probs[bi, h, i, : i + 1] = w
     np.testing.assert_allclose(out, expected.reshape(b, t, heads * d), atol=1e-5)
+    np.testing.assert_allclose(probs, expected_probs, atol=1e-6)
 
 
 def test_rotary_embedding_scores_depend_only_on_relative_position():

@@ -25,7 +25,7 @@ EPS = 1e-6
 RTOL = 1e-5
 ATOL = 1e-5  # float32 results near 0 need an absolute floor
 
-ALL_NAMES = ["dr_grpo", "gae", "grpo", "reinforce", "reinforce_baseline", "reinforce_pp", "remax", "rloo"]
+ALL_NAMES = ["dr_grpo", "gae", "grpo", "reinforce", "reinforce_baseline", "reinforce_pp", "remax", "rloo", "rloo_to_go"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,6 +157,16 @@ def ref_rloo(data):
     return broadcast(per_sequence, data)
 
 
+def ref_rloo_to_go(data):
+    g = ref_reward_to_go(data)
+    out = np.zeros(g.shape)
+    for b in range(g.shape[0]):
+        for t in range(data["lengths"][b]):
+            others = [g[i, t] for i in group_members(data, b) if i != b and data["lengths"][i] > t]
+            out[b, t] = g[b, t] - (sum(others) / len(others) if others else 0.0)
+    return out
+
+
 def ref_remax(data):
     per_sequence = [
         ref_sequence_return(data, b) - sum(data["baseline_rewards"][b]) for b in range(len(data["group_ids"]))
@@ -210,6 +220,7 @@ REFERENCES = {
     "reinforce": ref_reinforce,
     "reinforce_baseline": ref_reinforce_baseline,
     "rloo": ref_rloo,
+    "rloo_to_go": ref_rloo_to_go,
     "remax": ref_remax,
     "grpo": ref_grpo,
     "dr_grpo": ref_dr_grpo,
@@ -417,3 +428,11 @@ def test_registry_has_every_estimator_with_one_signature():
         got = estimator(data["rewards"], data["mask"], eps=EPS, **kwargs)
         assert got.shape == data["rewards"].shape
         assert np.all(np.asarray(got)[~data["mask"]] == 0)
+
+
+def test_rloo_to_go_is_rloo_for_sparse_rewards_of_equal_length():
+    rng = np.random.default_rng(3)
+    mask = jnp.ones((8, 5))
+    rewards = jnp.zeros((8, 5)).at[:, -1].set(jnp.asarray(rng.standard_normal(8), jnp.float32))
+    ids = jnp.repeat(jnp.arange(2), 4)
+    np.testing.assert_allclose(adv.rloo_to_go(rewards, mask, group_ids=ids), adv.rloo(rewards, mask, group_ids=ids), atol=1e-6)
