@@ -104,7 +104,10 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     reward (``jirl.rewards.models.reward_model_rewards`` wraps a learned reward model).
     ``critic = (critic_graphdef, critic_params)`` adds the values and GAE returns the value
     loss needs; ``advantage="remax"`` also decodes each prompt greedily for the baseline.
-    Returns the batch (device arrays) and sampling metrics.
+    Returns the batch and sampling metrics, all device arrays: ``collect`` is a pure function
+    of its array arguments (jittable, and vmappable over seeds when ``reward_fn`` is), and
+    ``batch["rewards"]`` keeps the rewards before the KL penalty (auxiliary models such as a
+    process reward model learn from them).
     """
     prompt_key, sample_key = jax.random.split(key)
     unique_prompts, unique_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
@@ -117,7 +120,7 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     mask = out.response_mask
     batch = {
         "tokens": out.tokens, "prompt_len": out.prompt_lens, "mask": mask, "old_log_probs": out.log_probs,
-        "ref_log_probs": ref_log_probs,
+        "ref_log_probs": ref_log_probs, "rewards": rewards,
     }
     baseline = {}
     if config.advantage == "remax":
@@ -138,12 +141,12 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     )
     kl = jnp.sum(jnp.where(mask, kl_terms(out.log_probs, ref_log_probs, "k1"), 0.0), axis=1)
     metrics = {
-        "reward": float(jnp.mean(jnp.sum(rewards * mask, axis=1))),
-        "kl_to_reference": float(jnp.mean(kl)),
-        "response_length": float(jnp.mean(out.response_lens)),
+        "reward": jnp.mean(jnp.sum(rewards * mask, axis=1)),
+        "kl_to_reference": jnp.mean(kl),
+        "response_length": jnp.mean(out.response_lens.astype(jnp.float32)),
         # Responses that hit max_new_tokens without EOS: cut there, and counted here.
-        "truncated_fraction": float(jnp.mean(out.truncated)),
-        "entropy_proxy": float(-masked_mean(out.log_probs, mask)),
+        "truncated_fraction": jnp.mean(out.truncated.astype(jnp.float32)),
+        "entropy_proxy": -masked_mean(out.log_probs, mask),
     }
     return batch, metrics
 
@@ -165,6 +168,7 @@ def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConf
             f"got epochs={config.epochs}, minibatches={config.minibatches}"
         )
     batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn, critic)
+    metrics = {k: float(v) for k, v in metrics.items()}
     size = rows // config.minibatches
     for epoch in range(config.epochs):
         # Minibatches are gathered on device: the sampled batch never goes back to the host.

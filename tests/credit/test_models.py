@@ -1,7 +1,6 @@
 """What credit schemes read from models (jirl/credit/models.py): potentials on prefixes, a
 reward model's own attention for ABC, and clear errors for models that cannot provide them."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
