@@ -1,0 +1,107 @@
+"""The GPT-2 family: config and weight names of Hugging Face safetensors checkpoints, mapped
+onto ``jirl.models.transformer.Transformer`` (``family="gpt2"``).
+
+Hugging Face names (``transformer.`` prefix in ``GPT2LMHeadModel`` checkpoints, none in
+``GPT2Model``). GPT-2 uses ``Conv1D`` layers whose weights are already ``[in, out]`` like NNX
+kernels, and fuses the query, key and value projections into one ``c_attn`` tensor:
+
+    wte.weight                  -> embed.embedding (tied with the output layer)
+    wpe.weight                  -> position_embed.embedding
+    h.N.ln_1.{weight,bias}      -> layers.N.attn_norm.{scale,bias}
+    h.N.attn.c_attn.{weight,bias} -> layers.N.attn.{q,k,v}_proj.{kernel,bias} (thirds of the last axis)
+    h.N.attn.c_proj.{weight,bias} -> layers.N.attn.o_proj.{kernel,bias}
+    h.N.ln_2.{weight,bias}      -> layers.N.mlp_norm.{scale,bias}
+    h.N.mlp.c_fc.{weight,bias}  -> layers.N.mlp.fc_in.{kernel,bias}
+    h.N.mlp.c_proj.{weight,bias} -> layers.N.mlp.fc_out.{kernel,bias}
+    ln_f.{weight,bias}          -> final_norm.{scale,bias}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from flax import nnx
+
+from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, load_params, read_hf_config
+from jirl.models.transformer import Transformer, TransformerConfig
+
+HF_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+
+
+def config_from_hf(hf: dict, dtype: str = "float32") -> TransformerConfig:
+    """A ``TransformerConfig`` from a GPT-2 ``config.json`` dict."""
+    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise WeightsError(f"GPT-2 activation {hf['activation_function']!r} is not supported; jirl uses the tanh GELU (gelu_new)")
+    return TransformerConfig(
+        vocab_size=hf["vocab_size"],
+        family="gpt2",
+        d_model=hf["n_embd"],
+        num_layers=hf["n_layer"],
+        num_heads=hf["n_head"],
+        d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+        max_len=hf["n_positions"],
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+        tie_embeddings=True,
+        dtype=dtype,
+    )
+
+
+def config_to_hf(config: TransformerConfig) -> dict:
+    """The Hugging Face ``config.json`` of a jirl GPT-2-family config (for export)."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_embd": config.d_model,
+        "n_layer": config.num_layers,
+        "n_head": config.num_heads,
+        "n_inner": config.ff_dim,
+        "n_positions": config.max_len,
+        "layer_norm_epsilon": config.norm_eps,
+        "activation_function": "gelu_new",
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+    }
+
+
+def hf_rules(config: TransformerConfig, prefix: str = "transformer.") -> list[TensorRule]:
+    """Every parameter's Hugging Face tensor name (with ``prefix``) and layout change."""
+    if not config.tie_embeddings:
+        raise WeightsError("GPT-2 checkpoints tie the output layer to the token embedding; build the config with tie_embeddings=True")
+    p = prefix
+    rules = [
+        TensorRule(p + "wte.weight", ("embed", "embedding")),
+        TensorRule(p + "wpe.weight", ("position_embed", "embedding")),
+        TensorRule(p + "ln_f.weight", ("final_norm", "scale")),
+        TensorRule(p + "ln_f.bias", ("final_norm", "bias")),
+    ]
+    for n in range(config.num_layers):
+        hf, jl = f"{p}h.{n}.", ("layers", n)
+        for norm, target in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            rules += [TensorRule(hf + f"{norm}.weight", jl + (target, "scale")), TensorRule(hf + f"{norm}.bias", jl + (target, "bias"))]
+        for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+            rules += [
+                TensorRule(hf + "attn.c_attn.weight", jl + ("attn", proj, "kernel"), part=(i, 3)),
+                TensorRule(hf + "attn.c_attn.bias", jl + ("attn", proj, "bias"), part=(i, 3)),
+            ]
+        for source, target in (("attn.c_proj", ("attn", "o_proj")), ("mlp.c_fc", ("mlp", "fc_in")), ("mlp.c_proj", ("mlp", "fc_out"))):
+            rules += [TensorRule(hf + f"{source}.weight", jl + target + ("kernel",)), TensorRule(hf + f"{source}.bias", jl + target + ("bias",))]
+    return rules
+
+
+# The causal-mask buffers older checkpoints carry, and the tied output layer.
+_IGNORED = re.compile(r"(\.attn\.(masked_)?bias|^lm_head\.weight)$")
+
+
+def load_hf(path: str | Path, mesh=None, strategy: str = "replicate", dtype: str = "float32"):
+    """``(config, graphdef, params)`` of a GPT-2 Hugging Face folder (``config.json`` and
+    ``*.safetensors``), each tensor placed on ``mesh`` as it is read when one is given."""
+    config = config_from_hf(read_hf_config(path), dtype)
+    source = SafetensorsSource(path)
+    prefix = "transformer." if any(name.startswith("transformer.") for name in source.names()) else ""
+    graphdef, params = load_params(
+        lambda: Transformer(config, rngs=nnx.Rngs(0)), hf_rules(config, prefix), source, mesh, strategy,
+        ignore=lambda name: bool(_IGNORED.search(name)),
+    )
+    return config, graphdef, params

