@@ -9,6 +9,12 @@ train them alone with ``init_train_state(params, optimizer, key, trainable=ADAPT
 base weights stay frozen; ``adapter_params`` picks them out for an adapters-only checkpoint.
 ``merge_lora`` folds ``(alpha / r) A B`` into ``W`` (``unmerge_lora`` takes it out again) and
 ``without_lora`` returns the plain model, e.g. for export to Hugging Face safetensors.
+
+An adapters-only checkpoint is the adapters' state saved alone::
+
+    manager.save(step, adapter_params(params), metadata)            # jirl.train.checkpoint
+    adapters, _ = manager.restore(adapter_params(fresh_lora_params))
+    params = with_adapters(fresh_lora_params, adapters)
 """
 
 from __future__ import annotations
@@ -114,3 +120,9 @@ def without_lora(model):
 def adapter_params(params) -> nnx.State:
     """Only the adapter parameters of a LoRA model's state (an adapters-only checkpoint)."""
     return nnx.filter_state(params, ADAPTERS)
+
+
+def with_adapters(params, adapters) -> nnx.State:
+    """A LoRA model's full state with its adapters replaced by ``adapters`` (e.g. restored from
+    an adapters-only checkpoint onto the base model with freshly added adapters)."""
+    return nnx.merge_state(params, adapters)

@@ -113,3 +113,25 @@ def test_merged_export_round_trips_through_the_reference_implementation(tmp_path
         assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) <= 1e-4
         base = np.asarray(reference["tiny_llama"][reference["prompts"].index(ids)])
         assert np.max(np.abs(base - expected)) > 1e-2  # the adapters changed the model
+
+
+def test_an_adapters_only_checkpoint_restores_the_trained_model(tmp_path):
+    from jirl.models.lora import with_adapters
+    from jirl.train.checkpoint import CheckpointManager
+
+    config, graphdef, state = trained_lora_model()
+    trained = state.full_params
+    with CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(20, adapter_params(trained), {"rank": 4})
+    saved_bytes = sum(f.stat().st_size for f in (tmp_path / "ckpt").rglob("*") if f.is_file())
+    full_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(trained))
+    assert saved_bytes < full_bytes  # the base weights are not in it
+    # A fresh start: the base model again, new (untrained) adapters, then the checkpoint.
+    _, fresh = base_model()
+    add_lora(fresh, rank=4, alpha=8.0, targets=("q_proj", "v_proj", "down_proj"), seed=1)
+    fresh_graphdef, fresh_params = nnx.split(fresh)
+    with CheckpointManager(tmp_path / "ckpt") as manager:
+        adapters, metadata = manager.restore(adapter_params(fresh_params))
+    restored = with_adapters(fresh_params, adapters)
+    np.testing.assert_allclose(nnx.merge(fresh_graphdef, restored)(TOKENS).logits, nnx.merge(graphdef, trained)(TOKENS).logits, atol=1e-6)
+    assert metadata["rank"] == 4
