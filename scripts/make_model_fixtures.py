@@ -6,7 +6,7 @@ Run it in an environment with torch, transformers and gguf (not jirl's own depen
     python scripts/make_model_fixtures.py --smollm2 PATH/TO/SmolLM2-135M-Instruct.Q4_1.gguf
 
 It writes
-- ``tiny_llama/`` and ``tiny_gpt2/``: small random models saved by transformers as safetensors
+- ``tiny_llama/``, ``tiny_gpt2/`` and ``tiny_qwen2/``: small random models saved by transformers as safetensors
   (``config.json`` + ``model.safetensors``), and ``tiny_models.json``: their last-position
   logits for a few token prompts, plus the logits of ``tiny_llama_lora/`` (jirl's export of a
   LoRA-merged model, written by ``scripts/export_lora_fixture.py``) as transformers loads it;
@@ -49,8 +49,12 @@ def tiny_models() -> None:
     gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=32, layer_norm_epsilon=1e-5,
     ))
+    qwen2 = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, rope_theta=1000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    ))
     out = {"prompts": TOKEN_PROMPTS}
-    for name, model in (("tiny_llama", llama), ("tiny_gpt2", gpt2)):
+    for name, model in (("tiny_llama", llama), ("tiny_gpt2", gpt2), ("tiny_qwen2", qwen2)):
         model = model.float().eval()
         with torch.no_grad():  # random init is tiny; widen it so logits are not all ~0
             for p in model.parameters():

@@ -14,6 +14,11 @@ kernels, and fuses the query, key and value projections into one ``c_attn`` tens
     h.N.mlp.c_fc.{weight,bias}  -> layers.N.mlp.fc_in.{kernel,bias}
     h.N.mlp.c_proj.{weight,bias} -> layers.N.mlp.fc_out.{kernel,bias}
     ln_f.{weight,bias}          -> final_norm.{scale,bias}
+
+GGUF names (llama.cpp's ``gpt2`` architecture; its converter stores the Conv1D weights
+transposed, ``[out, in]``): ``token_embd``, ``position_embd``, ``blk.N.attn_norm``,
+``blk.N.attn_qkv``, ``blk.N.attn_output``, ``blk.N.ffn_norm``, ``blk.N.ffn_{up,down}``,
+``output_norm``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, load_params, read_hf_config
+from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, load_params, read_hf_config, transpose
 from jirl.models.transformer import Transformer, TransformerConfig
 
 HF_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
@@ -105,3 +110,68 @@ def load_hf(path: str | Path, mesh=None, strategy: str = "replicate", dtype: str
         ignore=lambda name: bool(_IGNORED.search(name)),
     )
     return config, graphdef, params
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+
+
+def config_from_gguf(metadata: dict, dtype: str = "float32") -> TransformerConfig:
+    """A ``TransformerConfig`` from GGUF metadata (``general.architecture == "gpt2"``)."""
+    if metadata.get("general.architecture") != "gpt2":
+        raise WeightsError(f"GGUF architecture {metadata.get('general.architecture')!r} is not 'gpt2'")
+
+    def field(key):
+        if f"gpt2.{key}" not in metadata:
+            raise WeightsError(f"GGUF metadata lacks the field 'gpt2.{key}'")
+        return metadata[f"gpt2.{key}"]
+
+    vocab = metadata.get("gpt2.vocab_size") or len(metadata.get("tokenizer.ggml.tokens", []))
+    if not vocab:
+        raise WeightsError("GGUF metadata gives no vocabulary size (gpt2.vocab_size or tokenizer.ggml.tokens)")
+    return TransformerConfig(
+        vocab_size=int(vocab), family="gpt2", d_model=int(field("embedding_length")), num_layers=int(field("block_count")),
+        num_heads=int(field("attention.head_count")), d_ff=int(field("feed_forward_length")),
+        max_len=int(field("context_length")), norm_eps=float(field("attention.layer_norm_epsilon")),
+        tie_embeddings=True, dtype=dtype,
+    )
+
+
+def gguf_rules(config: TransformerConfig) -> list[TensorRule]:
+    """Every parameter's GGUF tensor name and layout change."""
+    rules = [
+        TensorRule("token_embd.weight", ("embed", "embedding")),
+        TensorRule("position_embd.weight", ("position_embed", "embedding")),
+        TensorRule("output_norm.weight", ("final_norm", "scale")),
+        TensorRule("output_norm.bias", ("final_norm", "bias")),
+    ]
+    for n in range(config.num_layers):
+        g, jl = f"blk.{n}.", ("layers", n)
+        for norm, target in (("attn_norm", "attn_norm"), ("ffn_norm", "mlp_norm")):
+            rules += [TensorRule(g + f"{norm}.weight", jl + (target, "scale")), TensorRule(g + f"{norm}.bias", jl + (target, "bias"))]
+        for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+            rules += [
+                TensorRule(g + "attn_qkv.weight", jl + ("attn", proj, "kernel"), transpose, transpose, part=(i, 3)),
+                TensorRule(g + "attn_qkv.bias", jl + ("attn", proj, "bias"), part=(i, 3)),
+            ]
+        for source, target in (("attn_output", ("attn", "o_proj")), ("ffn_up", ("mlp", "fc_in")), ("ffn_down", ("mlp", "fc_out"))):
+            rules += [
+                TensorRule(g + f"{source}.weight", jl + target + ("kernel",), transpose, transpose),
+                TensorRule(g + f"{source}.bias", jl + target + ("bias",)),
+            ]
+    return rules
+
+
+def load_gguf(path: str | Path, mesh=None, strategy: str = "replicate", max_len: int | None = None, dtype: str = "float32"):
+    """``(config, graphdef, params, gguf_file)`` of a GPT-2-architecture GGUF file. ``max_len``
+    is ignored: GPT-2's learned positions fix the context."""
+    from jirl.models.gguf import read_gguf
+    from jirl.models.llama import GGUFSource
+
+    gguf_file = read_gguf(path)
+    config = config_from_gguf(gguf_file.metadata, dtype)
+    graphdef, params = load_params(
+        lambda: Transformer(config, rngs=nnx.Rngs(0)), gguf_rules(config), GGUFSource(gguf_file), mesh, strategy,
+        ignore=lambda name: name == "output.weight",  # a stored copy of the tied embedding
+    )
+    return config, graphdef, params, gguf_file

@@ -39,6 +39,8 @@ def config_from_hf(hf: dict, max_len: int | None = None, dtype: str = "float32")
     if scaling:
         raise WeightsError(f"RoPE scaling {scaling} is not supported; jirl implements plain RoPE")
     rope_base = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+    if hf.get("use_sliding_window"):
+        raise WeightsError("sliding-window attention (use_sliding_window=true) is not supported; jirl attends over the whole context")
     heads = hf["num_attention_heads"]
     qwen2 = hf.get("model_type") == "qwen2"
     return TransformerConfig(

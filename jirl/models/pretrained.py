@@ -32,8 +32,21 @@ class Pretrained:
 PRETRAINED: Registry = Registry("pretrained model")
 
 
+GGUF_LOADERS = {"llama": llama.load_gguf, "gpt2": gpt2.load_gguf}
+
+
+def load_gguf(path, mesh=None, strategy="replicate", max_len=None):
+    """``(config, graphdef, params, gguf_file)`` of a GGUF file, by its ``general.architecture``."""
+    from jirl.models.gguf import read_gguf
+
+    architecture = read_gguf(path).metadata.get("general.architecture")
+    if architecture not in GGUF_LOADERS:
+        raise JirlError(f"GGUF architecture {architecture!r} is not supported; jirl reads {sorted(GGUF_LOADERS)}")
+    return GGUF_LOADERS[architecture](path, mesh, strategy, max_len)
+
+
 def _from_gguf(path, mesh=None, strategy="replicate", max_len=None) -> Pretrained:
-    config, graphdef, params, gguf_file = llama.load_gguf(path, mesh, strategy, max_len)
+    config, graphdef, params, gguf_file = load_gguf(path, mesh, strategy, max_len)
     tokenizer = tokenizer_from_gguf(gguf_file)
     check_vocab_matches(tokenizer, config.vocab_size)
     return Pretrained(config, graphdef, params, tokenizer)

@@ -20,7 +20,7 @@ from jirl.models.loading import WeightsError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = json.loads((FIXTURES / "tiny_models.json").read_text())
-FAMILIES = {"tiny_llama": llama, "tiny_gpt2": gpt2}
+FAMILIES = {"tiny_llama": llama, "tiny_gpt2": gpt2, "tiny_qwen2": llama}  # Qwen2: Llama with q/k/v biases
 
 
 def relative_error(got, expected) -> float:
@@ -79,6 +79,8 @@ def test_config_and_weights_mismatches_are_named(tmp_path):
     save_file(tensors, str(folder / "model.safetensors"))
     with pytest.raises(WeightsError, match=r"lacks 1 tensor\(s\).*transformer\.h\.1\.mlp\.c_fc\.bias"):
         gpt2.load_hf(folder)
+    with pytest.raises(WeightsError, match="sliding-window attention"):
+        llama.load_hf(copy_fixture("tiny_qwen2", tmp_path / "e", use_sliding_window=True))
     with pytest.raises(WeightsError, match="config.json not found"):
         llama.load_hf(tmp_path)
 
