@@ -61,11 +61,36 @@ def smollm2_135m_instruct(mesh=None, strategy="replicate", max_len=None) -> Pret
     return _from_gguf(smollm2_gguf_path(), mesh, strategy, max_len)
 
 
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
+def download_from_hub(repo_id: str) -> Path:
+    """The local snapshot of a Hugging Face hub model (config, safetensors weights, tokenizer
+    files only), downloaded once into the hub cache. Raises a clear error when the hub cannot
+    be reached (offline machines: pass a local folder or a .gguf file instead)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                    "special_tokens_map.json", "chat_template.jinja"]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as error:  # noqa: BLE001  (network, auth, missing repo: one message)
+        raise JirlError(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: {error}). On a machine "
+            "without the hub, pass a local folder (config.json + *.safetensors) or a .gguf file"
+        ) from error
+
+
 def load_pretrained(name_or_path: str, mesh=None, strategy: str = "replicate", max_len: int | None = None) -> Pretrained:
-    """A named preset (``PRETRAINED``) or a ``.gguf`` file / Hugging Face folder."""
+    """A named preset (``PRETRAINED``), a ``.gguf`` file, a Hugging Face folder, or a hub id
+    (``org/name``, downloaded when the hub can be reached)."""
     if name_or_path in PRETRAINED:
         return PRETRAINED.get(name_or_path)(mesh=mesh, strategy=strategy, max_len=max_len)
     path = Path(name_or_path).expanduser()
+    if not path.exists() and _looks_like_hub_id(name_or_path):
+        path = download_from_hub(name_or_path)
     if not path.exists():
         raise JirlError(
             f"{name_or_path!r} is neither a known model ({', '.join(PRETRAINED.names())}) nor an existing path "

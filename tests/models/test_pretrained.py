@@ -112,3 +112,18 @@ def test_sharded_loading_on_eight_fake_devices_gives_the_same_logits():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8 and result["max_spread"] == 8 and result["split"] >= 1
     assert result["diff"] < 1e-5
+
+
+def test_a_hub_id_without_the_hub_is_a_clear_error(monkeypatch):
+    from jirl.config import JirlError
+    from jirl.models.pretrained import load_pretrained
+
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    with pytest.raises(JirlError, match="could not fetch 'someone/no-such-model' from the Hugging Face hub"):
+        load_pretrained("someone/no-such-model")
+    # A local Hugging Face folder loads through the same entry point.
+    model = load_pretrained(str(FIXTURES / "tiny_qwen2"))
+    assert model.config.qkv_bias and model.tokenizer is None
