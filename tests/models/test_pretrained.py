@@ -118,10 +118,10 @@ def test_a_hub_id_without_the_hub_is_a_clear_error(monkeypatch):
     from jirl.config import JirlError
     from jirl.models.pretrained import load_pretrained
 
-    import huggingface_hub
+    from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(JirlError, match="could not fetch 'someone/no-such-model' from the Hugging Face hub"):
         load_pretrained("someone/no-such-model")
     # A local Hugging Face folder loads through the same entry point.
