@@ -81,7 +81,7 @@ def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
     return evaluate
 
 
-@register_experiment("quickstart", config=QuickstartConfig, description="Start here: demos -> SFT -> exact evaluation")
+@register_experiment("quickstart", config=QuickstartConfig, description="Start here: demos -> SFT -> IRL reward -> RL, checked exactly")
 def run(config: QuickstartConfig, run: RunDir) -> dict:
     if config.irl != "none" and config.irl not in IRL_METHODS:  # before any training
         raise ConfigError(f"unknown irl method {config.irl!r}; choose from {sorted(IRL_METHODS.names())} or 'none'")
