@@ -37,6 +37,7 @@ import jax.numpy as jnp
 
 from jirl.config import JirlError
 from jirl.registry import Registry
+from jirl.rl import advantages
 
 Array = jax.Array
 CreditScheme = Callable[..., Array]
@@ -63,7 +64,7 @@ def _require(value, what: str, scheme: str, how: str) -> Array:
 def sequence_returns(rewards, mask) -> Array:
     """``R_b = sum_t m_bt r_bt``, ``[B]`` (padding may hold anything, even NaN)."""
     check_dense_rewards(rewards, mask, "rewards")
-    return jnp.sum(jnp.where(mask, rewards, 0.0), axis=1)
+    return advantages.sequence_returns(rewards, mask)
 
 
 def last_step(mask) -> Array:
