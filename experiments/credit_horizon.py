@@ -175,7 +175,7 @@ def train_reward_model(task, config: CreditHorizonConfig, data: dict):
     return graphdef, state.full_params, mean, std
 
 
-def train_dpo(task, config: CreditHorizonConfig, graphdef, reference, data: dict, group: int):
+def train_dpo(task, config: CreditHorizonConfig, graphdef, reference, data: dict):
     """DPO from the reference on within-group pairs (consecutive responses), the higher return chosen."""
     tokens, prompt_len, lens = (np.asarray(data[k]) for k in ("tokens", "prompt_len", "response_len"))
     returns = np.asarray(data["true"]).sum(1)
@@ -204,7 +204,7 @@ def build_setting(config: CreditHorizonConfig, horizon: int) -> Setting:
     return Setting(
         task=task, graphdef=graphdef, reference=reference,
         reward_model=train_reward_model(task, config, data),
-        dpo=train_dpo(task, config, graphdef, reference, data, config.group_size),
+        dpo=train_dpo(task, config, graphdef, reference, data),
         test=test,
         reference_return=float(jnp.mean(jnp.sum(test["true"], axis=1))),
         best_return=best_return(task),

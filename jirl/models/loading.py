@@ -54,8 +54,9 @@ class TensorRule:
     to_source: Callable[[np.ndarray], np.ndarray] = identity
     part: tuple[int, int] | None = None
 
-    def read(self, source) -> np.ndarray:
-        array = self.to_jirl(np.asarray(source.read(self.source)))
+    def convert(self, array: np.ndarray) -> np.ndarray:
+        """The source tensor (as read) in this parameter's jirl layout."""
+        array = self.to_jirl(np.asarray(array))
         if self.part is not None:
             index, count = self.part
             array = np.split(array, count, axis=-1)[index]
@@ -178,9 +179,22 @@ def load_params(
             "The config probably describes a different architecture (more layers, untied embeddings, biases)"
         )
     sharding_of = _flatten(param_shardings(pure, mesh, strategy)) if mesh is not None else {}
+    # A fused tensor (several parameters' parts) is read and dequantised once, kept until its
+    # last part is placed; every other tensor is read, placed and dropped one at a time.
+    parts_left = {}
+    for rule in rules:
+        parts_left[rule.source] = parts_left.get(rule.source, 0) + 1
+    fused = {}
     for target, leaf in targets.items():
         rule = by_target[target]
-        array = rule.read(source)
+        if parts_left[rule.source] > 1 or rule.source in fused:
+            fused.setdefault(rule.source, source.read(rule.source))
+            array = rule.convert(fused[rule.source])
+            parts_left[rule.source] -= 1
+            if not parts_left[rule.source]:
+                del fused[rule.source]
+        else:
+            array = rule.convert(source.read(rule.source))
         if tuple(array.shape) != tuple(leaf.shape):
             raise WeightsError(
                 f"tensor {rule.source!r} has shape {tuple(array.shape)} after conversion, but the config needs "
