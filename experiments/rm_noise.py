@@ -9,7 +9,9 @@ embedded once by a jirl transformer and many light heads are trained on the cach
     annotator (``beta_ann``) and then a fraction ``noise`` of labels is flipped. Held-out
     pairwise accuracy (against the gold order) and best-of-N gain in gold reward are reported.
 (b) HH-RLHF harmless (the real 1,843 pairs): a fraction ``noise`` of the training labels is
-    flipped; accuracy on the untouched held-out 20 % is reported.
+    flipped; accuracy on the untouched held-out 20 % is reported. ``hh.backbone`` picks the
+    embedder: the random jirl transformer (``transformer``, the default) or the pretrained
+    all-MiniLM-L6-v2 sentence encoder (``minilm``) applied to the same dialogue text.
 
 Each cell is the mean and std over ``num_seeds`` seeds (pair sampling, flips, initialisation).
 """
@@ -35,7 +37,8 @@ from jirl.mdp.tokenizer import ByteTokenizer
 from jirl.models.transformer import ModelSize, Transformer
 from jirl.rewards.annotation import simulate_preferences
 from jirl.rewards.embedding_heads import member_rewards, standardize, train_heads
-from jirl.rewards.embeddings import Pooling, cached_array, embed_sequences, fingerprint
+from jirl.config import ConfigError
+from jirl.rewards.embeddings import Pooling, cached_array, embed_sequences, embed_texts, fingerprint
 
 SHARED_HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless"
 
@@ -59,6 +62,9 @@ class HHStudy:
     # Mean over the response's hidden states: chosen and rejected share the prompt, so only the
     # response differs (5-fold CV on the training split: 0.57 vs 0.55 for last-token pooling).
     pooling: Pooling = "response_mean"
+    # "transformer": the random jirl transformer of ``embedder`` over the byte tokens;
+    # "minilm": all-MiniLM-L6-v2 sentence embeddings of the same (decoded) prompt + response text.
+    backbone: str = "transformer"
 
 
 @dataclasses.dataclass
@@ -152,24 +158,44 @@ def held_out_pairs(key, gold, prompt_ids, num: int = 5000):
 # --------------------------------------------------------------------------- (b) HH-RLHF
 
 
+HH_BACKBONES = ("transformer", "minilm")
+
+
+def dialogue_texts(pairs: dict[str, np.ndarray], side: str) -> list[str]:
+    """The prompt + response text of each stacked byte-tokenized pair (what the transformer reads)."""
+    lengths = pairs["prompt_len"] + pairs[f"{side}_len"]
+    return [ByteTokenizer().decode(row[:n], stop_at_eos=False) for row, n in zip(pairs[side], lengths)]
+
+
 def hh_study(config: RMNoiseConfig, run: RunDir):
+    if config.hh.backbone not in HH_BACKBONES:
+        raise ConfigError(f"hh.backbone={config.hh.backbone!r} is not one of {HH_BACKBONES}")
     manual_dir = Path(config.hh.manual_dir) if config.hh.manual_dir else SHARED_HH
     builder = prepare(HHPreferences, run.path / "data", manual_dir=manual_dir, max_len=config.hh.max_len)
     report = preference_report(builder)
-    graphdef, params = embedder_params(config, ByteTokenizer.vocab_size, config.hh.max_len)
-    tag = fingerprint(params)[:8]
-
     splits = {split: stack(data_source(builder, split)) for split in ("train", "test")}
 
-    def embed(split, side):
-        pairs = splits[split]
-        lengths = pairs["prompt_len"] + pairs[f"{side}_len"]
-        return cached_array(
-            run.path / "embeddings" / f"hh-{split}-{side}-{config.hh.pooling}-{tag}.npy",
-            lambda: embed_sequences(
+    if config.hh.backbone == "minilm":
+        from jirl.models.bert import load_minilm
+
+        graphdef, params, tokenizer, _ = load_minilm()
+        tag = f"minilm-{fingerprint(params)[:8]}"
+
+        def compute(pairs, side):
+            return embed_texts(dialogue_texts(pairs, side), (graphdef, params, tokenizer))
+    else:
+        graphdef, params = embedder_params(config, ByteTokenizer.vocab_size, config.hh.max_len)
+        tag = f"{config.hh.pooling}-{fingerprint(params)[:8]}"
+
+        def compute(pairs, side):
+            lengths = pairs["prompt_len"] + pairs[f"{side}_len"]
+            return embed_sequences(
                 graphdef, params, pairs[side], lengths, config.hh.pooling, batch_size=64, starts=pairs["prompt_len"]
-            ),
-        )
+            )
+
+    def embed(split, side):
+        path = run.path / "embeddings" / f"hh-{split}-{side}-{tag}.npy"
+        return cached_array(path, lambda: compute(splits[split], side))
 
     train_c, train_r, test_c, test_r = (embed(s, side) for s in ("train", "test") for side in ("chosen", "rejected"))
     train_c, train_r, test_c, test_r = standardize(train_c, train_r, test_c, test_r)
@@ -183,7 +209,8 @@ def hh_study(config: RMNoiseConfig, run: RunDir):
                 acc = float(jnp.mean(member_rewards(head, test_c)[0] > member_rewards(head, test_r)[0]))
                 accuracy.setdefault(method, {}).setdefault(noise, []).append(acc)
                 run.log(seed, study="hh", method=method, noise=noise, accuracy=acc)
-    return accuracy, {"kept": report["kept"], "dropped": report["dropped"], "train": len(train_c), "test": len(test_c)}
+    info = {"kept": report["kept"], "dropped": report["dropped"], "train": len(train_c), "test": len(test_c)}
+    return accuracy, {**info, "backbone": config.hh.backbone, "embedding_dim": int(train_c.shape[1])}
 
 
 def stack(source) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
 """``jirl run rm_noise`` on a reduced configuration, and the HH reward model above chance."""
 
+import gzip
 import json
 
+import numpy as np
 import pytest
 
 from jirl.cli import main
@@ -27,3 +29,42 @@ def test_rm_noise_writes_the_table_and_noise_hurts(tmp_path):
     assert hh["train"] + hh["test"] == hh["kept"]
     assert results["accuracy"]["bt"]["0"]["hh"]["mean"] > 0.5
     assert (out / "rm_noise.png").stat().st_size > 10_000
+
+
+def test_unknown_backbone_is_refused(tmp_path, capsys):
+    args = ["run", "rm_noise", "--out", str(tmp_path / "run"), "--set", "synthetic.enabled=false", "hh.backbone=bert"]
+    assert main(args) != 0
+    assert "hh.backbone='bert' is not one of" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_backbone_embeds_the_dialogue_text(tmp_path):
+    """``hh.backbone=minilm`` on 120 HH pairs: the cached embeddings are MiniLM's sentence
+    embeddings of exactly the prompt + response text the byte transformer reads."""
+    from experiments.rm_noise import SHARED_HH, dialogue_texts, stack
+    from jirl.data.builders import data_source, prepare
+    from jirl.data.preferences import HH_ASSISTANT_MARKER, HHPreferences
+    from jirl.mdp.tokenizer import ByteTokenizer
+    from jirl.rewards.embeddings import embed_texts
+
+    manual = tmp_path / "hh"
+    manual.mkdir()
+    with gzip.open(SHARED_HH / "pairs.jsonl.gz", "rt") as source:
+        lines = [next(source) for _ in range(120)]
+    with gzip.open(manual / "pairs.jsonl.gz", "wt") as sink:
+        sink.writelines(lines)
+    out = tmp_path / "run"
+    args = ["run", "rm_noise", "--out", str(out), "--set", "synthetic.enabled=false", "hh.backbone=minilm",
+            f"hh.manual_dir={manual}", "num_seeds=1", "noise_levels=0", "head_steps=20", "methods=bt"]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["hh"]["backbone"] == "minilm" and results["hh"]["embedding_dim"] == 384
+
+    test_pairs = stack(data_source(prepare(HHPreferences, out / "data", manual_dir=manual, max_len=256), "test"))
+    texts = dialogue_texts(test_pairs, "chosen")
+    prompts = [ByteTokenizer().decode(row[:n]) for row, n in zip(test_pairs["chosen"], test_pairs["prompt_len"])]
+    # Prompts lose their start to fit max_len, so only the marker's tail is sure to remain.
+    marker = HH_ASSISTANT_MARKER
+    assert all(marker.endswith(p[-len(marker) :]) and t.startswith(p) and len(t) > len(p) for p, t in zip(prompts, texts))
+    cached = np.load(next((out / "embeddings").glob("hh-test-chosen-minilm-*.npy")))
+    np.testing.assert_allclose(cached, embed_texts(texts), atol=1e-6)

@@ -84,3 +84,34 @@ def cached_array(path: str | Path, compute: Callable[[], np.ndarray]) -> np.ndar
     np.save(tmp, array)
     tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
     return array
+
+
+def embed_texts(texts, encoder=None, batch_size: int = 64, pad_to_multiple_of: int = 32) -> np.ndarray:
+    """Sentence embeddings ``[N, d]`` (float32 NumPy, unit length) of ``texts`` from a BERT encoder.
+
+    ``encoder`` is ``(graphdef, params, tokenizer)`` as ``jirl.models.bert.load_minilm`` returns
+    them (the default loads all-MiniLM-L6-v2). Texts are embedded in order of length, so a chunk
+    pads little, with lengths rounded up to ``pad_to_multiple_of`` and the last chunk padded to
+    ``batch_size`` rows, so the encoder compiles once per length bucket.
+    """
+    from jirl.models.bert import embed, encode_texts, load_minilm
+
+    if isinstance(texts, str):
+        raise TypeError("embed_texts takes a sequence of strings; wrap a single text in a list")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("embed_texts needs at least one text")
+    graphdef, params, tokenizer = encoder if encoder is not None else load_minilm()[:3]
+    embed_chunk = jax.jit(lambda params, ids, mask: embed(graphdef, params, ids, mask))
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), 0), np.float32)
+    for first in range(0, len(texts), batch_size):
+        rows = order[first : first + batch_size]
+        chunk = [texts[i] for i in rows]
+        chunk += chunk[-1:] * (batch_size - len(chunk))
+        ids, mask = encode_texts(tokenizer, chunk, pad_to_multiple_of=pad_to_multiple_of)
+        vectors = np.asarray(embed_chunk(params, ids, mask), np.float32)[: len(rows)]
+        if out.shape[1] == 0:
+            out = np.zeros((len(texts), vectors.shape[1]), np.float32)
+        out[rows] = vectors
+    return out
