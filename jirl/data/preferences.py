@@ -50,6 +50,7 @@ from jirl.data.examples import Example, Tokenizer, _encode
 from jirl.data.jsonl import read_jsonl
 
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
+HH_HUMAN_MARKER = "\n\nHuman:"
 MAX_REPORTED_LINES = 10  # how many line numbers a report lists for each drop reason
 
 # Why a row is dropped (the keys of a report's "dropped" counts).
@@ -91,6 +92,15 @@ def split_hh_dialogue(text: str) -> tuple[str, str]:
     end_of_prompt = cut + len(HH_ASSISTANT_MARKER)
     response = text[end_of_prompt:]
     return text[:end_of_prompt], response.removeprefix(" ")
+
+
+def hh_last_human_turn(prompt: str) -> str:
+    """The text of the last ``"\n\nHuman:"`` turn of an HH-RLHF prompt (``split_hh_dialogue``'s
+    first part), without the speaker label, the closing ``"\n\nAssistant:"`` or outer spaces.
+    A prompt without a human turn gives its whole text before the marker, stripped."""
+    body = prompt.removesuffix(HH_ASSISTANT_MARKER)
+    start = body.rfind(HH_HUMAN_MARKER)
+    return (body[start + len(HH_HUMAN_MARKER) :] if start >= 0 else body).strip()
 
 
 def read_hh_pairs(path: str | os.PathLike) -> tuple[list[PreferencePair], dict[str, Any]]:

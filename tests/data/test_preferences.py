@@ -425,3 +425,13 @@ def test_edited_files_get_a_new_dataset_directory(jsonl_dir, tmp_path):
     write_jsonl(jsonl_dir / "train.jsonl", [{"prompt": "x", "chosen": "y", "rejected": "z"}])
     second = prepare(JsonlPreferences, tmp_path / "tfds", manual_dir=jsonl_dir)
     assert second.data_path != first.data_path and len(data_source(second, "train")) == 1
+
+
+def test_last_human_turn_of_a_multi_turn_prompt():
+    from jirl.data.preferences import hh_last_human_turn, split_hh_dialogue
+
+    dialogue = "\n\nHuman: first question\n\nAssistant: first answer\n\nHuman:  second question \n\nAssistant: reply"
+    prompt, response = split_hh_dialogue(dialogue)
+    assert hh_last_human_turn(prompt) == "second question" and response == "reply"
+    assert hh_last_human_turn("\n\nHuman: only\n\nAssistant:") == "only"
+    assert hh_last_human_turn("no speaker labels\n\nAssistant:") == "no speaker labels"

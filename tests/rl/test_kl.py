@@ -165,3 +165,26 @@ def test_fixed_controller_stays_fixed_and_registry():
     assert set(KL_CONTROLLERS.names()) == {"fixed", "adaptive"}
     assert KL_CONTROLLERS.get("adaptive") is AdaptiveKLController
     assert KL_CONTROLLERS.get("fixed")(coef=0.1).init().coef == pytest.approx(0.1)
+
+
+def test_full_kl_terms_sum_to_the_exact_sequence_kl_by_the_chain_rule():
+    from jirl.rl.kl import full_kl_terms
+
+    # Two-step sequences over 3 tokens: pi(a1) pi(a2 | a1) against pi_ref, enumerated.
+    rng = np.random.default_rng(0)
+    logits1, ref1 = rng.normal(size=(2, 3))
+    logits2, ref2 = rng.normal(size=(2, 3, 3))  # [a1, a2]
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p1, q1, p2, q2 = softmax(logits1), softmax(ref1), softmax(logits2), softmax(ref2)
+    exact = sum(p1[a] * p2[a, b] * np.log(p1[a] * p2[a, b] / (q1[a] * q2[a, b])) for a in range(3) for b in range(3))
+    # Per-step KLs along each first token a1 ([3 trajectories, 2 steps]), weighted by pi(a1).
+    logits = jnp.asarray(np.stack([np.broadcast_to(logits1, (3, 3)), logits2], axis=1), jnp.float32)
+    ref_logits = jnp.asarray(np.stack([np.broadcast_to(ref1, (3, 3)), ref2], axis=1), jnp.float32)
+    per_step = np.asarray(full_kl_terms(logits, ref_logits))
+    assert per_step.shape == (3, 2) and np.all(per_step >= 0)
+    np.testing.assert_allclose(np.sum(p1 * per_step.sum(1)), exact, rtol=1e-5)
+    np.testing.assert_allclose(full_kl_terms(logits, logits), 0.0, atol=1e-6)

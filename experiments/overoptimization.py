@@ -1,0 +1,552 @@
+"""``jirl run overoptimization``: scaling laws for reward-model over-optimisation, laptop scale.
+
+Gao, Schulman & Hilton (2022), "Scaling laws for reward model overoptimization": a fixed
+"gold" reward model stands in for humans; proxy reward models are trained on its labels;
+optimising a proxy first raises the gold reward, then the gold reward falls while the proxy
+keeps rising. As a function of ``d = sqrt(KL(pi || pi_init))`` the gold reward (relative to
+the initial policy) follows
+
+    best-of-n:  R_bon(d) = d (alpha_bon - beta_bon d),
+    RL:         R_RL(d)  = d (alpha_RL  - beta_RL  log d),
+
+and larger proxies / more preference data over-optimise less (larger alpha, smaller beta,
+later peak). Here:
+
+1. Gold: the ``gold_rm`` task (a fixed random transformer scores prompt + response). The
+   initial policy is a randomly initialised small transformer (close to uniform over tokens),
+   as in ``rl_oracle``; it is also the reference of every KL.
+2. Labels: within-prompt pairs of the initial policy's responses, labelled by a Bradley-Terry
+   annotator of the gold reward (``simulate_preferences``, ``beta_ann``).
+3. Proxies: ``SequenceRewardModel``s of every size in ``proxy_sizes`` trained with the BT loss
+   on the first ``n`` pairs for every ``n`` in ``data_sizes`` (nested data), named
+   ``d{size}_n{pairs}``; models of one size train as one vmapped program.
+4. Best-of-n: a pool of ``bon_pool_per_prompt`` responses per prompt from the initial policy,
+   scored by gold and every proxy; ``best_of_n_exact`` gives gold and proxy reward of
+   best-of-n for n = 1..``bon_max_n``, at ``d = sqrt(log n - (n - 1)/n)`` (``best_of_n_kl``).
+5. RL: RLOO with ``kl_coef = 0`` against each proxy (the proxies of one size vmapped in one
+   program), evaluated every ``rl_eval_every`` iterations: gold and proxy reward of fresh
+   samples and their KL to the initial policy (``sequence_kl_exact``: the exact next-token KL
+   summed over the visited states, an unbiased low-variance estimate).
+6. Fits (``jirl.eval.scaling``) of the gold curves, the observed gold peak, and whether the gold
+   reward peaks and falls while the proxy keeps rising.
+7. Mitigations on one proxy (``mitigation_proxy``), under the same RL budget: an ensemble of
+   ``ensemble_size`` proxies (different seeds, same data) aggregated by ``mean - k std`` and by
+   ``min`` (Coste et al. 2024), and a KL penalty (``kl_coef``) on the single proxy.
+
+    jirl run overoptimization --set proxy_sizes=16,64 --set rl_iterations=200
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from jirl.config import ConfigError
+from jirl.eval import scaling
+from jirl.eval.metrics import best_of_n_exact, best_of_n_kl, pairwise_accuracy
+from jirl.experiment import RunDir, register_experiment
+from jirl.mdp.env import sequence_rewards
+from jirl.mdp.sampler import SamplingConfig, generate
+from jirl.mdp.tasks import TaskConfig, build_task
+from jirl.models.heads import SequenceRewardModel
+from jirl.models.scoring import gather_response
+from jirl.models.transformer import ModelSize, Transformer, forward
+from jirl.rewards.annotation import simulate_preferences
+from jirl.rewards.ensemble import aggregate_ensemble
+from jirl.rewards.losses import preference_objective
+from jirl.rewards.models import reward_model_rewards, sequence_reward_fn, terminal_rewards
+from jirl.rl.loop import RLConfig, collect, rl_loss
+from jirl.train.seeds import make_multi_seed_step
+from jirl.train.step import init_train_state, update_fn
+
+MITIGATIONS = ("plain", "ensemble_mean_minus_std", "ensemble_min", "kl_penalty")
+
+
+@dataclasses.dataclass
+class OveroptimizationConfig:
+    seed: int = 0
+    # 8 letters, up to 8 response tokens: ~10^7 responses per prompt, so best-of-1000 is far
+    # from exhausting the initial policy.
+    task: TaskConfig = dataclasses.field(default_factory=lambda: TaskConfig("gold_rm", ("num_chars=8", "horizon=8")))
+    policy: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
+    # Proxies: llama-family SequenceRewardModels (the gold's family) of these widths.
+    proxy_sizes: tuple[int, ...] = (16, 32, 64)
+    proxy_layers: int = 2
+    data_sizes: tuple[int, ...] = (250, 1000, 4000)  # preference pairs (nested subsets)
+    beta_ann: float = 5.0  # BT annotator P(a > b) = sigmoid(beta_ann (g(a) - g(b)))
+    label_pool_per_prompt: int = 2048  # initial-policy responses the pairs are drawn from
+    rm_steps: int = 200
+    rm_batch_size: int = 64
+    rm_learning_rate: float = 1e-3
+    rm_weight_decay: float = 1e-2
+    # Best-of-n.
+    bon_pool_per_prompt: int = 4096
+    bon_max_n: int = 1000
+    # RL (RLOO, no KL penalty unless a mitigation adds one).
+    rl_iterations: int = 300
+    rl_eval_every: int = 10
+    rl_eval_samples: int = 512
+    prompts_per_iteration: int = 16
+    group_size: int = 8
+    rl_learning_rate: float = 1e-3
+    # Mitigations, on one proxy.
+    mitigation_proxy: str = "d32_n1000"
+    ensemble_size: int = 4
+    ensemble_k: float = 1.0  # mean - k std
+    kl_coef: float = 0.05
+    # "Falls": the gold reward ends at least this far (gold units) below its peak.
+    falls_tolerance: float = 0.1
+
+
+def proxy_name(size: int, pairs: int) -> str:
+    return f"d{size}_n{pairs}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples of a policy
+
+
+def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk: int = 4096) -> dict:
+    """Responses of the policy to the task's prompts ``prompt_ids`` (indices into
+    ``task.prompts``), generated in chunks, with their gold rewards."""
+    tokens, lens, _ = task.prompts
+    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
+    parts = []
+    for i, start in enumerate(range(0, len(prompt_ids), chunk)):
+        ids = prompt_ids[start : start + chunk]
+        out = generate(graphdef, params, jnp.asarray(tokens[ids]), jnp.asarray(lens[ids]), jax.random.fold_in(key, i), sampling)
+        gold = gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)
+        parts.append({"tokens": out.tokens, "prompt_len": out.prompt_lens, "response_len": out.response_lens, "gold": gold})
+    pool = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    pool["length"] = pool["prompt_len"] + pool["response_len"]
+    pool["prompt_id"] = np.asarray(prompt_ids)
+    return pool
+
+
+def gold_returns(task, tokens, prompt_lens, response_lens):
+    """The task's (gold) return of each finished response ``[B]``."""
+    return jnp.sum(sequence_rewards(task, tokens, prompt_lens, response_lens), axis=1)
+
+
+def sequence_kl_exact(graphdef, params, ref_params, tokens, prompt_lens, mask):
+    """Per-sequence estimate ``[B]`` of KL(pi || pi_ref) over responses, with the exact
+    next-token KL at every visited state (the chain rule of KL, Cover & Thomas 2006, eq. 2.67):
+
+        KL(pi || pi_ref) = E_{y ~ pi} sum_t KL(pi(. | s_t) || pi_ref(. | s_t)).
+
+    Unbiased like the sampled log-ratio (k1, Schulman 2020) but with the sampling noise of
+    each action integrated out, so far lower variance; never negative."""
+    horizon = mask.shape[1]
+
+    def step_log_probs(p):
+        logits = gather_response(forward(graphdef, p, tokens).logits, prompt_lens, horizon, shift=-1)
+        return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+    log_p, log_q = step_log_probs(params), step_log_probs(ref_params)
+    per_step = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    return jnp.sum(jnp.where(mask, per_step, 0.0), axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Proxy reward models
+
+
+def proxy_graph(config: OveroptimizationConfig, task, size: int, seed: int):
+    model_config = ModelSize(family="llama", d_model=size, num_layers=config.proxy_layers).build(
+        task.vocab_size, task.prompt_width + task.horizon
+    )
+    return nnx.split(SequenceRewardModel(model_config, rngs=nnx.Rngs(seed)))
+
+
+def train_proxies(config: OveroptimizationConfig, task, size: int, members: list[tuple[int, int]], pool: dict, pairs):
+    """Train one proxy per ``(num_pairs, seed)`` member, all of width ``size``, as one vmapped
+    program: member ``m`` sees minibatches of the first ``num_pairs`` labelled pairs only, and
+    starts from its own initialisation. The BT loss (Bradley & Terry 1952; Ouyang et al. 2022):
+
+        L = -E_{(y+, y-)} log sigma(r(x, y+) - r(x, y-)).
+
+    Returns ``graphdef`` and the stacked parameters ``[members, ...]``."""
+    graphdef, _ = proxy_graph(config, task, size, 0)
+    stacked = [proxy_graph(config, task, size, 1000 * seed + size)[1] for _, seed in members]
+    params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *stacked)
+    optimizer = optax.adamw(config.rm_learning_rate, weight_decay=config.rm_weight_decay)
+    keys = jax.random.split(jax.random.key(config.seed + size), len(members))
+    states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(params, keys)
+    step = make_multi_seed_step(preference_objective(sequence_reward_fn(graphdef), "bt"), optimizer, shared_batch=False)
+    chosen, rejected = pairs
+    rngs = [np.random.default_rng((config.seed, size, n, seed)) for n, seed in members]
+    for _ in range(config.rm_steps):
+        rows = np.stack([rng.integers(0, n, config.rm_batch_size) for rng, (n, _) in zip(rngs, members)])
+        c, r = chosen[rows], rejected[rows]  # [members, batch] pool indices
+        batch = {
+            "chosen": pool["tokens"][c], "rejected": pool["tokens"][r], "prompt_len": pool["prompt_len"][c],
+            "chosen_len": pool["response_len"][c], "rejected_len": pool["response_len"][r],
+        }
+        states, _ = step(states, batch)
+    return graphdef, states.full_params
+
+
+def score_pool(graphdef, params, pool: dict, chunk: int = 4096) -> np.ndarray:
+    """Scores ``[members, N]`` of every response of ``pool`` under stacked proxies ``params``."""
+    score = jax.jit(jax.vmap(sequence_reward_fn(graphdef), in_axes=(0, None, None)))
+    n = len(pool["length"])
+    return np.concatenate(
+        [np.asarray(score(params, pool["tokens"][i : i + chunk], pool["length"][i : i + chunk])) for i in range(0, n, chunk)], axis=1
+    )
+
+
+def proxy_reward_fn(graphdef, params, task, aggregation: str | None = None, k: float = 1.0):
+    """The RL loop's ``reward_fn``: one proxy's score at the last response step, or, with
+    ``aggregation``, ``aggregate_ensemble`` of the stacked members' scores ``[K, B]``."""
+    if aggregation is None:
+        return reward_model_rewards(graphdef, params, task.vocab_size, task.horizon)
+    score = jax.vmap(sequence_reward_fn(graphdef), in_axes=(0, None, None))
+
+    def reward_fn(tokens, prompt_lens, response_lens):
+        scores = aggregate_ensemble(score(params, tokens, prompt_lens + response_lens), aggregation, k)
+        return terminal_rewards(scores, response_lens, task.horizon)
+
+    return reward_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# RL against proxies
+
+
+def make_rl_programs(config: OveroptimizationConfig, setting: dict, rl: RLConfig, reward_graphdef, aggregation=None):
+    """Jitted, member-vmapped ``iterate(states, reward_params, keys)`` and
+    ``evaluate(states, reward_params, keys)``; member ``m`` optimises the proxy (or ensemble)
+    ``reward_params[m]``."""
+    task, graphdef, reference = setting["task"], setting["graphdef"], setting["reference"]
+    step = update_fn(rl_loss(graphdef, rl, task.horizon), optax.adam(config.rl_learning_rate))
+    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
+
+    def iterate(state, reward_params, key):
+        reward_fn = proxy_reward_fn(reward_graphdef, reward_params, task, aggregation, config.ensemble_k)
+        batch, metrics = collect(key, task, graphdef, state.full_params, reference, rl, reward_fn)
+        state, _ = step(state, batch)
+        return state, metrics
+
+    def evaluate(state, reward_params, key):
+        prompt_key, sample_key = jax.random.split(key)
+        prompts, lens = task.sample_prompts(prompt_key, config.rl_eval_samples)
+        out = generate(graphdef, state.full_params, prompts, lens, sample_key, sampling)
+        reward_fn = proxy_reward_fn(reward_graphdef, reward_params, task, aggregation, config.ensemble_k)
+        kl = sequence_kl_exact(graphdef, state.full_params, reference, out.tokens, out.prompt_lens, out.response_mask)
+        return {
+            "gold": jnp.mean(gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)),
+            "proxy": jnp.mean(jnp.sum(reward_fn(out.tokens, out.prompt_lens, out.response_lens), axis=1)),
+            "kl": jnp.mean(kl),
+            "response_length": jnp.mean(out.response_lens.astype(jnp.float32)),
+        }
+
+    return jax.jit(jax.vmap(iterate), donate_argnums=0), jax.jit(jax.vmap(evaluate))
+
+
+def train_rl(config, setting, rl: RLConfig, reward_graphdef, reward_params, names, run: RunDir, progress, bar, aggregation=None) -> dict:
+    """RL from the initial policy for each member of ``reward_params`` (one program); returns
+    each member's curve ``{iteration, kl, gold, proxy, response_length}`` (raw, not relative)."""
+    iterate, evaluate = make_rl_programs(config, setting, rl, reward_graphdef, aggregation)
+    members = len(names)
+    optimizer = optax.adam(config.rl_learning_rate)
+    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), tree)  # noqa: E731
+    keys = jax.random.split(jax.random.key(config.seed + 7), members)
+    states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(stack(setting["reference"]), keys)
+    # Every member sees the same prompts and sampling noise (common random numbers).
+    same = lambda key: jnp.broadcast_to(key, (members,))  # noqa: E731
+    curves = {name: [] for name in names}
+    for iteration in range(config.rl_iterations + 1):
+        if iteration % config.rl_eval_every == 0 or iteration == config.rl_iterations:
+            point = {k: np.asarray(v) for k, v in evaluate(states, reward_params, same(jax.random.key(config.seed + 10_000 + iteration))).items()}
+            for m, name in enumerate(names):
+                curves[name].append({"iteration": iteration, **{k: float(v[m]) for k, v in point.items()}})
+                run.log(iteration, stage="rl", run=name, **{k: v for k, v in curves[name][-1].items() if k != "iteration"})
+        if iteration < config.rl_iterations:
+            states, _ = iterate(states, reward_params, same(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
+            progress.advance(bar)
+    return curves
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves, fits, peaks
+
+
+def summarize_curve(form: str, d, gold, proxy, tolerance: float) -> dict:
+    """Fit of the gold curve, its fitted and observed peak, and whether the gold reward falls
+    (by more than ``tolerance`` below its peak by the end) while the proxy keeps rising."""
+    fit = scaling.fit_bon(d, gold) if form == "bon" else scaling.fit_rl(d, gold)
+    fit_peak = scaling.peak(form, fit["alpha"], fit["beta"])
+    peak_d, peak_gold = scaling.observed_peak(d, gold)
+    at_peak = int(np.argmax(gold))
+    falls = bool(peak_gold - gold[-1] > tolerance and proxy[-1] > proxy[at_peak])
+    return {
+        **fit,
+        "fit_peak_d": fit_peak if math.isfinite(fit_peak) else None,
+        "gold_peak_d": peak_d,
+        "gold_peak": peak_gold,
+        "gold_final": float(gold[-1]),
+        "proxy_final": float(proxy[-1]),
+        "gold_falls_while_proxy_rises": falls,
+    }
+
+
+def bon_ns(max_n: int, points: int = 60) -> np.ndarray:
+    """Log-spaced n in 1..max_n (the curve is stored and fitted there, so large n, which crowd
+    together in d, do not dominate the fit)."""
+    return np.unique(np.round(np.geomspace(1, max_n, points)).astype(int))
+
+
+def best_of_n_curves(pool: dict, scores: dict[str, np.ndarray], max_n: int) -> dict:
+    """Gold and proxy reward of best-of-n under each proxy, relative to n = 1, at ``bon_ns``."""
+    ns = bon_ns(max_n)
+    ids, gold = jnp.asarray(pool["prompt_id"]), jnp.asarray(pool["gold"])
+    pick = lambda curve: np.asarray(curve)[ns - 1] - float(curve[0])  # noqa: E731
+    curves = {"n": ns.tolist(), "d": np.sqrt(np.maximum(np.asarray(best_of_n_kl(ns)), 0.0)).tolist()}
+    curves["gold_selected_by_gold"] = pick(best_of_n_exact(gold, gold, max_n, ids)).tolist()
+    for name, score in scores.items():
+        proxy = jnp.asarray(score)
+        curves[name] = {
+            "gold": pick(best_of_n_exact(proxy, gold, max_n, ids)).tolist(),
+            "proxy": pick(best_of_n_exact(proxy, proxy, max_n, ids)).tolist(),
+        }
+    return curves
+
+
+def relative_rl_curve(points: list[dict], gold0: float, proxy0: float) -> dict:
+    """An RL curve with rewards relative to the initial policy and ``d = sqrt(KL)``."""
+    return {
+        "iteration": [p["iteration"] for p in points],
+        "kl": [p["kl"] for p in points],
+        "d": [math.sqrt(max(p["kl"], 0.0)) for p in points],
+        "gold": [p["gold"] - gold0 for p in points],
+        "proxy": [p["proxy"] - proxy0 for p in points],
+        "response_length": [p["response_length"] for p in points],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+
+
+def check_config(config: OveroptimizationConfig, task) -> None:
+    if not hasattr(task, "gold_model"):
+        raise ConfigError(f"overoptimization needs a task with a gold reward model (gold_rm), got {task.name!r}")
+    names = [proxy_name(s, n) for s in config.proxy_sizes for n in config.data_sizes]
+    if config.mitigation_proxy not in names:
+        raise ConfigError(f"mitigation_proxy={config.mitigation_proxy!r} is not one of the proxies {names}")
+    if config.bon_max_n < 3 or config.rl_iterations < 2 * config.rl_eval_every or config.ensemble_size < 2:
+        raise ConfigError("need bon_max_n >= 3, rl_iterations >= 2 * rl_eval_every and ensemble_size >= 2")
+    if config.group_size < 2:
+        raise ConfigError("RLOO needs group_size >= 2")
+
+
+@register_experiment("overoptimization", config=OveroptimizationConfig, description="reward-model over-optimisation scaling laws (Gao et al. 2022): best-of-n and RL vs proxy size and data")
+def run(config: OveroptimizationConfig, run: RunDir) -> dict:
+    task = build_task(config.task)
+    check_config(config, task)
+    seconds = {}
+    start = time.perf_counter()
+    model_config = config.policy.build(task.vocab_size, task.prompt_width + task.horizon)
+    graphdef, reference = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
+    setting = {"task": task, "graphdef": graphdef, "reference": reference}
+    num_prompts = len(task.prompts[1])
+    key = jax.random.key(config.seed)
+
+    # Labelled pairs from the initial policy; a separate pool for best-of-n (and test pairs).
+    label_pool = sample_responses(task, graphdef, reference, jax.random.fold_in(key, 1), np.repeat(np.arange(num_prompts), config.label_pool_per_prompt))
+    bon_pool = sample_responses(task, graphdef, reference, jax.random.fold_in(key, 2), np.repeat(np.arange(num_prompts), config.bon_pool_per_prompt))
+    chosen, rejected, _ = simulate_preferences(
+        jax.random.fold_in(key, 3), jnp.asarray(label_pool["gold"]), jnp.asarray(label_pool["prompt_id"]), max(config.data_sizes), config.beta_ann
+    )
+    pairs = (np.asarray(chosen), np.asarray(rejected))
+    test_a, test_b = gold_ordered_pairs(jax.random.fold_in(key, 4), bon_pool)
+    seconds["samples"] = time.perf_counter() - start
+
+    # Proxies: one vmapped training program per width; the mitigation ensemble's extra seeds
+    # train with the mitigation proxy's width.
+    mitigation_size, mitigation_pairs = (int(x) for x in config.mitigation_proxy[1:].split("_n"))
+    proxies, scores, proxy_info = {}, {}, {}
+    start = time.perf_counter()
+    run.console.print(f"training {len(config.proxy_sizes) * len(config.data_sizes)} proxies and {config.ensemble_size - 1} ensemble members")
+    for size in config.proxy_sizes:
+        members = [(n, 0) for n in config.data_sizes]
+        if size == mitigation_size:
+            members += [(mitigation_pairs, seed) for seed in range(1, config.ensemble_size)]
+        proxy_graphdef, params = train_proxies(config, task, size, members, label_pool, pairs)
+        pool_scores = score_pool(proxy_graphdef, params, bon_pool)
+        for m, (n, seed) in enumerate(members):
+            name = proxy_name(size, n) if seed == 0 else f"{proxy_name(size, n)}_seed{seed}"
+            proxies[name] = (proxy_graphdef, jax.tree_util.tree_map(lambda x, m=m: x[m], params))
+            scores[name] = pool_scores[m]
+            accuracy = float(pairwise_accuracy(pool_scores[m][test_a], pool_scores[m][test_b]))
+            proxy_info[name] = {"d_model": size, "pairs": n, "seed": seed, "test_accuracy": accuracy}
+            run.log(0, stage="proxy", proxy=name, test_accuracy=accuracy)
+    seconds["proxies"] = time.perf_counter() - start
+    names = [proxy_name(s, n) for s in config.proxy_sizes for n in config.data_sizes]
+
+    # Best-of-n on the pool.
+    start = time.perf_counter()
+    bon = best_of_n_curves(bon_pool, {name: scores[name] for name in names}, config.bon_max_n)
+    seconds["best_of_n"] = time.perf_counter() - start
+    gold0 = float(np.mean(bon_pool["gold"]))  # equal prompts, so this is E_init[gold]
+
+    # RL: one vmapped program per proxy width, then the mitigations.
+    start = time.perf_counter()
+    rl = RLConfig(advantage="rloo", policy_loss="pg", prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size)
+    rl_raw = {}
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=run.console) as progress:
+        bar = progress.add_task("RL", total=(len(config.proxy_sizes) + 3) * config.rl_iterations)
+        for size in config.proxy_sizes:
+            group = [proxy_name(size, n) for n in config.data_sizes]
+            progress.update(bar, description=f"RL vs d{size} proxies")
+            params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[proxies[name][1] for name in group])
+            rl_raw.update(train_rl(config, setting, rl, proxies[group[0]][0], params, group, run, progress, bar))
+        rl_raw.update(run_mitigations(config, setting, rl, proxies, run, progress, bar))
+    seconds["rl"] = time.perf_counter() - start
+
+    proxy0 = {name: float(np.mean(scores[name])) for name in scores}
+    ensemble = [config.mitigation_proxy] + [f"{config.mitigation_proxy}_seed{s}" for s in range(1, config.ensemble_size)]
+    ens_scores = np.stack([scores[name] for name in ensemble])
+    proxy0["ensemble_mean_minus_std"] = float(np.mean(aggregate_ensemble(ens_scores, "mean_minus_std", config.ensemble_k)))
+    proxy0["ensemble_min"] = float(np.mean(aggregate_ensemble(ens_scores, "min")))
+    proxy0["kl_penalty"] = proxy0[config.mitigation_proxy]
+
+    results = {
+        "task": task.name, "task_args": list(config.task.args), "proxies": names, "proxy_info": proxy_info,
+        "gold_initial": gold0, "bon": {}, "rl": {}, "gold_peak_d": {}, "gold_falls_while_proxy_rises": {},
+        "curves": {"bon": bon, "rl": {}, "mitigations": {}}, "mitigations": {},
+    }
+    for name in names:
+        results["bon"][name] = summarize_curve("bon", bon["d"], bon[name]["gold"], bon[name]["proxy"], config.falls_tolerance)
+        curve = relative_rl_curve(rl_raw[name], gold0, proxy0[name])
+        results["curves"]["rl"][name] = curve
+        results["rl"][name] = summarize_curve("rl", curve["d"], curve["gold"], curve["proxy"], config.falls_tolerance)
+        results["gold_peak_d"][name] = results["rl"][name]["gold_peak_d"]
+        results["gold_falls_while_proxy_rises"][name] = results["rl"][name]["gold_falls_while_proxy_rises"]
+    for mitigation in MITIGATIONS:
+        source = config.mitigation_proxy if mitigation == "plain" else mitigation
+        curve = relative_rl_curve(rl_raw[source], gold0, proxy0[source])
+        results["curves"]["mitigations"][mitigation] = curve
+        results["mitigations"][mitigation] = {
+            "final_gold": curve["gold"][-1], "peak_gold": max(curve["gold"]), "final_kl": curve["kl"][-1],
+            "final_proxy": curve["proxy"][-1],
+        }
+    results["mitigation_setting"] = {
+        "proxy": config.mitigation_proxy, "ensemble_size": config.ensemble_size, "ensemble_k": config.ensemble_k, "kl_coef": config.kl_coef,
+    }
+    results["seconds"] = seconds
+    print_tables(run, results)
+    plot(run.path_for("overoptimization.png"), results, config)
+    return results
+
+
+def gold_ordered_pairs(key, pool: dict, num: int = 20_000):
+    """Random within-prompt pairs of the pool with different gold rewards, the better first
+    (a held-out test of the proxies' pairwise accuracy against the gold order)."""
+    a, b = (np.asarray(x) for x in jax.random.randint(key, (2, num), 0, len(pool["gold"])))
+    keep = (pool["prompt_id"][a] == pool["prompt_id"][b]) & (pool["gold"][a] != pool["gold"][b])
+    a, b = a[keep], b[keep]
+    a_better = pool["gold"][a] > pool["gold"][b]
+    return np.where(a_better, a, b), np.where(a_better, b, a)
+
+
+def run_mitigations(config, setting, rl: RLConfig, proxies: dict, run: RunDir, progress, bar) -> dict:
+    """RL on the mitigation proxy's ensemble (``mean - k std`` and ``min``) and on the single
+    proxy with a KL penalty; the plain run is the main sweep's."""
+    name = config.mitigation_proxy
+    graphdef = proxies[name][0]
+    members = [name] + [f"{name}_seed{s}" for s in range(1, config.ensemble_size)]
+    ensemble = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[proxies[m][1] for m in members])
+    add_axis = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)  # noqa: E731
+    curves = {}
+    for mitigation, aggregation in (("ensemble_mean_minus_std", "mean_minus_std"), ("ensemble_min", "min")):
+        progress.update(bar, description=f"RL vs {mitigation}")
+        curves.update(train_rl(config, setting, rl, graphdef, add_axis(ensemble), [mitigation], run, progress, bar, aggregation))
+    progress.update(bar, description=f"RL vs {name}, KL penalty {config.kl_coef:g}")
+    penalised = dataclasses.replace(rl, kl_coef=config.kl_coef)
+    curves.update(train_rl(config, setting, penalised, graphdef, add_axis(proxies[name][1]), ["kl_penalty"], run, progress, bar))
+    return curves
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def print_tables(run: RunDir, results: dict) -> None:
+    fmt = lambda x: "inf" if x is None else f"{x:.2f}"  # noqa: E731
+    for form, title in (("bon", "best-of-n"), ("rl", "RL (RLOO, no KL penalty)")):
+        table = Table(title=f"{title}: gold reward vs d = sqrt(KL), fit of Gao et al. (2022)")
+        for column in ("proxy", "test acc", "α", "β", "R²", "peak d fit", "peak d seen", "gold peak → end", "falls*"):
+            table.add_column(column, justify="right")
+        for name in results["proxies"]:
+            f = results[form][name]
+            table.add_row(
+                name, f"{results['proxy_info'][name]['test_accuracy']:.3f}", f"{f['alpha']:.3f}", f"{f['beta']:.3f}",
+                f"{f['r2']:.3f}", fmt(f["fit_peak_d"]), f"{f['gold_peak_d']:.2f}", f"{f['gold_peak']:.2f} → {f['gold_final']:.2f}",
+                "yes" if f["gold_falls_while_proxy_rises"] else "no",
+            )
+        run.console.print(table)
+    run.console.print("* the gold reward ends below its peak (by more than falls_tolerance) while the proxy rose past it")
+    setting = results["mitigation_setting"]
+    mitigations = Table(title=f"Mitigations on {setting['proxy']} (RL, same budget; ensemble of {setting['ensemble_size']}, k = {setting['ensemble_k']:g}, KL coef {setting['kl_coef']:g})")
+    for column in ("run", "final gold", "peak gold", "final proxy", "final KL [nats]"):
+        mitigations.add_column(column, justify="right")
+    for mitigation, m in results["mitigations"].items():
+        mitigations.add_row(mitigation, f"{m['final_gold']:.3f}", f"{m['peak_gold']:.3f}", f"{m['final_proxy']:.3f}", f"{m['final_kl']:.2f}")
+    run.console.print(mitigations)
+
+
+def plot(path, results: dict, config: OveroptimizationConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(config.proxy_sizes)
+    fig, axes = plt.subplots(2, len(sizes) + 1, figsize=(4.2 * (len(sizes) + 1), 8), squeeze=False)
+    colours = plt.cm.viridis(np.linspace(0.0, 0.85, len(config.data_sizes)))
+    bon = results["curves"]["bon"]
+    for row, form in enumerate(("bon", "rl")):
+        for col, size in enumerate(sizes):
+            ax = axes[row, col]
+            for colour, n in zip(colours, config.data_sizes):
+                name = proxy_name(size, n)
+                curve = bon[name] if form == "bon" else results["curves"]["rl"][name]
+                d = np.asarray(bon["d"] if form == "bon" else curve["d"])
+                fit = results[form][name]
+                ax.plot(d, curve["gold"], "o-", color=colour, ms=3, label=f"gold, n={n}")
+                ax.plot(d, curve["proxy"], ":", color=colour, label=f"proxy, n={n}")
+                grid = np.linspace(0.0, d.max(), 100)
+                ax.plot(grid, scaling.predict(form, grid, fit["alpha"], fit["beta"]), "--", color=colour, lw=1)
+            ax.axhline(0.0, color="gray", lw=0.5)
+            title = "best-of-n" if form == "bon" else "RL (RLOO, no KL penalty)"
+            ax.set(xlabel="d = sqrt(KL) [nats^1/2]", ylabel="reward − initial", title=f"{title}: proxy d_model={size}")
+            if col == 0:
+                ax.legend(fontsize=7)
+    ax = axes[0, -1]
+    for colour_index, size in enumerate(sizes):
+        for form, marker in (("bon", "o-"), ("rl", "s--")):
+            alphas = [results[form][proxy_name(size, n)]["alpha"] for n in config.data_sizes]
+            ax.plot(config.data_sizes, alphas, marker, color=plt.cm.tab10(colour_index), label=f"{form} α, d_model={size}")
+    ax.set(xscale="log", xlabel="preference pairs", ylabel="fitted α (gold)", title="fitted α vs data (solid bon, dashed RL)")
+    ax.legend(fontsize=7)
+    ax = axes[1, -1]
+    for mitigation, curve in results["curves"]["mitigations"].items():
+        line = ax.plot(curve["d"], curve["gold"], "o-", ms=3, label=f"{mitigation} gold")[0]
+        ax.plot(curve["d"], curve["proxy"], ":", color=line.get_color())
+    ax.axhline(0.0, color="gray", lw=0.5)
+    ax.set(xlabel="d = sqrt(KL)", ylabel="reward − initial", title=f"mitigations on {results['mitigation_setting']['proxy']} (dotted: proxy)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
