@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of the ``jirl`` command: ``list``, ``show NAME`` and ``run NAME
+    [--set KEY=VALUE ...] [--out DIR] [--resume]``. Each sub-command stores its handler
+    (``list_command``, ``show_command``, ``run_command``) as ``args.command``."""
     parser = argparse.ArgumentParser(prog="jirl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"jirl {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_command(args: argparse.Namespace) -> int:
+    """``jirl list``: print a table of every registered experiment and its description; returns
+    0."""
     load_experiments()
     console = Console()
     if not EXPERIMENTS.names():
@@ -74,6 +79,9 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
+    """``jirl show NAME``: print the experiment's description and every config key with its type
+    and default (the keys ``--set`` accepts); returns 0. An unknown name raises
+    ``UnknownNameError``."""
     load_experiments()
     experiment = EXPERIMENTS.get(args.name)
     console = Console()
@@ -87,6 +95,8 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    """``jirl run NAME``: run the experiment with ``args.overrides`` (``--set``), into
+    ``args.out``, resuming from its latest checkpoint with ``args.resume``; returns 0."""
     run_experiment(args.name, overrides=args.overrides, out_dir=args.out, resume=args.resume)
     return 0
 

@@ -39,6 +39,7 @@ def field_annotations(cls: type) -> dict[str, Any]:
 
 
 def is_config_class(annotation: Any) -> bool:
+    """Whether ``annotation`` is a dataclass type, i.e. a nested config rather than a leaf value."""
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
@@ -55,6 +56,8 @@ def leaf_annotations(cls: type, prefix: str = "") -> dict[str, Any]:
 
 
 def is_union(annotation: Any) -> bool:
+    """Whether ``annotation`` is a union (``X | Y`` or ``typing.Union[X, Y]``, ``Optional``
+    included)."""
     return typing.get_origin(annotation) in (Union, types.UnionType)
 
 
@@ -121,6 +124,8 @@ def parse_text(text: str, annotation: Any) -> Any:
 
 
 def parse_bool(text: str) -> bool:
+    """``true``/``1``/``yes`` -> True, ``false``/``0``/``no`` -> False (case-insensitive); any
+    other text raises ValueError."""
     word = text.strip().lower()
     if word in TRUE_WORDS:
         return True
@@ -130,6 +135,8 @@ def parse_bool(text: str) -> bool:
 
 
 def parse_literal(text: str, choices: tuple) -> Any:
+    """The member of ``choices`` whose ``str`` equals ``text`` (so ``Literal[1, "a"]`` accepts
+    ``1`` and ``a``); ValueError if none does."""
     for choice in choices:
         if str(choice) == text:
             return choice
@@ -137,6 +144,8 @@ def parse_literal(text: str, choices: tuple) -> Any:
 
 
 def parse_union(text: str, annotation: Any) -> Any:
+    """Parse ``text`` as the first member of the union ``annotation`` that accepts it, in order;
+    ``none``/``null`` give None where the union allows it. ValueError if no member fits."""
     members, allows_none = union_members(annotation)
     if allows_none and text.strip().lower() in NONE_WORDS:
         return None
@@ -173,6 +182,8 @@ def parse_override(cls: type, override: str) -> tuple[str, Any]:
 
 
 def split_override(override: str) -> tuple[str, str]:
+    """``"key=text"`` -> ``("key", "text")`` (the key stripped; the text may be empty or hold
+    ``=``); ConfigError if there is no ``=`` or no key."""
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -181,6 +192,9 @@ def split_override(override: str) -> tuple[str, str]:
 
 
 def not_a_leaf_message(key: str, leaves: Mapping[str, Any]) -> str:
+    """The error message for an override of ``key`` that is not a settable leaf of ``leaves``:
+    the fields to set instead when ``key`` names a nested config, else the closest valid key and
+    the list of all of them."""
     nested = [leaf for leaf in leaves if leaf.startswith(key + ".")]
     if nested:
         return f"{key} is a nested config; set one of its fields instead: {', '.join(nested)}"
@@ -190,6 +204,8 @@ def not_a_leaf_message(key: str, leaves: Mapping[str, Any]) -> str:
 
 
 def replace_path(config: C, path: list[str], value: Any) -> C:
+    """A copy of ``config`` with the field at ``path`` (e.g. ``["model", "d_model"]``) set to
+    ``value``, rebuilding each nested dataclass on the way with ``dataclasses.replace``."""
     name, *rest = path
     if rest:
         value = replace_path(getattr(config, name), rest, value)
@@ -205,6 +221,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def to_plain(value: Any) -> Any:
+    """``value`` in JSON form: dataclass instances become dicts (``config_to_dict``), tuples and
+    lists become lists (recursively); anything else is returned as it is."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return config_to_dict(value)
     if isinstance(value, (tuple, list)):
@@ -266,6 +284,8 @@ def coerce_json(value: Any, annotation: Any) -> Any:
 
 
 def coerce_union(value: Any, annotation: Any) -> Any:
+    """JSON ``value`` as the first member of the union ``annotation`` that accepts it
+    (``coerce_json``); None where the union allows it. ValueError if no member fits."""
     members, allows_none = union_members(annotation)
     if value is None and allows_none:
         return None

@@ -47,6 +47,7 @@ class Experiment:
     description: str = ""
 
     def default_config(self) -> Any:
+        """The experiment's config with every field at its default (``config_cls()``)."""
         return self.config_cls()
 
 
@@ -73,6 +74,8 @@ def register_experiment(name: str, *, config: type, description: str = ""):
 
 
 def check_config_class(config_cls: type) -> None:
+    """Raise TypeError unless ``config_cls`` is a dataclass class with an ``int`` field ``seed``
+    (every experiment must be seedable)."""
     if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
         raise TypeError(f"experiment config must be a dataclass class, got {config_cls!r}")
     if typing.get_type_hints(config_cls).get("seed") is not int:
@@ -80,6 +83,8 @@ def check_config_class(config_cls: type) -> None:
 
 
 def first_line(text: str | None) -> str:
+    """The first line of ``text`` (stripped), or ``""`` for None or blank text: an experiment's
+    description taken from its docstring."""
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
@@ -111,6 +116,8 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json_file(path: Path, obj: Any) -> Path:
+    """Write ``obj`` (made JSON-able by ``to_jsonable``) to ``path`` as indented JSON with a
+    final newline; returns ``path``."""
     path.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
     return path
 

@@ -35,17 +35,22 @@ class Registry(Generic[T]):
         return add(item) if item is not None else add
 
     def get(self, name: str) -> T:
+        """The item registered as ``name``; ``UnknownNameError`` (listing the known names and the
+        closest match) if there is none."""
         if name not in self._items:
             raise UnknownNameError(self.unknown_message(name))
         return self._items[name]
 
     def unknown_message(self, name: str) -> str:
+        """The message for a lookup of an unregistered ``name``: a "did you mean" hint when a
+        registered name is close, then every registered name."""
         known = sorted(self._items)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}"
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:

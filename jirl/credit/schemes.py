@@ -127,12 +127,12 @@ def attention_credit(rewards, mask, *, attention=None, abc_weight: float = 0.5, 
 
     where ``a_t`` is the reward model's attention from its scoring (last) token to response
     token ``t``, renormalised over the response so that ``sum_t a_t = 1`` (hence the return is
-    unchanged). ``attention [B, T]`` comes from ``jirl.credit.models.response_attention``; it
+    unchanged). ``attention [B, T]`` comes from ``jirl.credit.models.scores_and_attention`` (or ``attention_inputs`` for ``with_credit``); it
     is renormalised here too, so raw attention rows may be passed. ``b = abc_weight``.
     """
     attention = _require(
         attention, "the reward model's attention over the response, attention=[batch, time]", "abc",
-        "compute it with jirl.credit.models.response_attention(reward model, ...) from a transformer reward model",
+        "compute it with jirl.credit.models.scores_and_attention(reward model, ...) from a transformer reward model",
     )
     check_dense_rewards(attention, mask, "attention")
     weights = jnp.where(mask, attention, 0.0)

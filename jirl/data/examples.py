@@ -27,7 +27,8 @@ class Tokenizer(Protocol):
 
     eos_id: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text``."""
 
 
 def tokenize_pair(tokenizer: Tokenizer, prompt: str, response: str, max_len: int, where: str = "example") -> Example:

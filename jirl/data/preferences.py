@@ -193,9 +193,13 @@ class DropCounter:
         self.dropped_lines: dict[str, list[int]] = {reason: [] for reason in reasons}
 
     def keep(self) -> None:
+        """Count one kept row."""
         self.kept += 1
 
     def drop(self, reason: str, line: int) -> None:
+        """Count one row dropped for ``reason`` (one of the reasons given at construction) at
+        file line ``line``; the first ``MAX_REPORTED_LINES`` line numbers per reason are
+        remembered."""
         self.dropped[reason] += 1
         if len(self.dropped_lines[reason]) < MAX_REPORTED_LINES:
             self.dropped_lines[reason].append(line)

@@ -24,6 +24,12 @@ from jirl.data.preferences import preference_features
 
 @dataclasses.dataclass(eq=False)
 class TaskPreferencesConfig(tfds.core.BuilderConfig):
+    """Builder config of ``TaskPreferences``: the task (``task`` and ``task_args`` as
+    ``key=value`` strings), the pool's policy pi*_beta (``policy_beta``; large = nearly uniform),
+    ``pool_size`` responses, ``num_train``/``num_test`` pairs, the annotator's inverse
+    temperature ``beta_ann`` and ``flip_rate``, the ``pairing`` strategy and the ``seed``. Make
+    one with ``TaskPreferences.make_config``."""
+
     task: str = "gold_rm"
     task_args: tuple[str, ...] = ()
     policy_beta: float = 1000.0
@@ -45,6 +51,10 @@ class TaskPreferences(tfds.core.GeneratorBasedBuilder):
 
     @classmethod
     def make_config(cls, **params) -> TaskPreferencesConfig:
+        """A validated ``TaskPreferencesConfig`` from keyword parameters (names in ``PARAMS``;
+        the others keep their defaults), named after the task and a hash of every parameter so
+        that different settings never share a dataset folder. Raises ``DataError`` for unknown
+        parameters, a ``flip_rate`` outside [0, 1] or empty splits."""
         _reject_unknown(params, cls.PARAMS, cls.__name__)
         values = {f.name: f.default for f in dataclasses.fields(TaskPreferencesConfig) if f.name in cls.PARAMS}
         values.update(params)

@@ -22,6 +22,10 @@ from jirl.models.transformer import ModelSize, Transformer
 
 @dataclasses.dataclass
 class ExactSetting:
+    """A task solved exactly: the task, its oracle ``spec``, the gold ``rewards`` tree, a
+    policy's ``graphdef`` with its initial parameters ``reference`` (also the KL reference) and
+    that reference as a policy tree ``ref_tree``. Build with ``ExactSetting.build``."""
+
     task: Any
     spec: oracle.TreeSpec
     rewards: list  # the gold reward tree
@@ -31,6 +35,9 @@ class ExactSetting:
 
     @classmethod
     def build(cls, task: TaskConfig, model: ModelSize, seed: int) -> "ExactSetting":
+        """Build the task named by ``task``, enumerate its tree, read its gold rewards and
+        initialise a ``Transformer`` of size ``model`` (the task's vocabulary and context) from
+        ``seed``; that initial policy is the reference."""
         task = build_task(task)
         spec = task.tree_spec()
         rewards = oracle.rewards_from_step_fn(spec, task.step_reward)
@@ -54,4 +61,7 @@ class ExactSetting:
         return {k: float(v) for k, v in exact.items()}
 
     def evaluate(self, params, beta: float, optimum=None) -> dict[str, float]:
+        """``evaluate_tree`` of the policy with parameters ``params``: exact ``expected_reward``,
+        ``kl_to_reference``, ``objective`` at ``beta`` and, given ``optimum`` (a policy tree),
+        ``kl_to_optimal``."""
         return self.evaluate_tree(self.policy_tree(params), beta, optimum)

@@ -441,14 +441,19 @@ class ReplayBuffer:
 
     @classmethod
     def create(cls, capacity: int, width: int) -> ReplayBuffer:
+        """An empty buffer (size 0) of ``capacity`` zero rows ``width`` tokens wide."""
         zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
         return cls(zeros(capacity, width), zeros(capacity), zeros(capacity), zeros(), zeros())
 
     @property
     def capacity(self) -> int:
+        """The number of rows the buffer holds when full."""
         return self.tokens.shape[0]
 
     def push(self, tokens, prompt_lens, response_lens) -> ReplayBuffer:
+        """A new buffer with the rows ``tokens [n, W]``, ``prompt_lens [n]``, ``response_lens
+        [n]`` written at ``head`` onwards (overwriting the oldest rows once full); of more than
+        ``capacity`` rows only the newest ``capacity`` are kept."""
         tokens, prompt_lens, response_lens = tokens[-self.capacity :], prompt_lens[-self.capacity :], response_lens[-self.capacity :]
         num = tokens.shape[0]
         slots = (self.head + jnp.arange(num)) % self.capacity
@@ -466,6 +471,8 @@ class ReplayBuffer:
         return self.tokens[order], self.prompt_lens[order], self.response_lens[order]
 
     def sample(self, key, num: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """``num`` valid rows drawn uniformly with replacement: ``(tokens [num, W], prompt_lens
+        [num], response_lens [num])``. Raises ValueError on an empty buffer."""
         if int(self.size) == 0:
             raise ValueError("cannot sample from an empty replay buffer; push policy samples first")
         rows = jax.random.randint(key, (num,), 0, self.size)
@@ -515,6 +522,13 @@ def exact_discriminator_batch(spec: oracle.TreeSpec, expert_log_probs, policy_lo
 
 @dataclasses.dataclass(frozen=True)
 class AdversarialConfig:
+    """Settings of GAIL/AIRL training (``adversarial_iteration``): the ``method``, whether the
+    discriminator loss is per token or per response (``level``), AIRL's ``gamma`` and which of f
+    or g the policy is paid (``reward``), GAIL's reward form (``gail_reward``, a key of
+    ``GAIL_REWARD_FORMS``), an R1 ``grad_penalty``, the replay buffer (``samples_per_iteration``
+    pushed, ``buffer_capacity``) and ``disc_steps`` updates of ``disc_batch_size`` rows per class
+    per iteration."""
+
     method: Literal["airl", "gail"] = "airl"
     level: Level = "sequence"  # discriminator loss per token or per response (see discriminator_loss)
     gamma: float = 1.0  # AIRL's discount in f = g + gamma h(s') - h(s)

@@ -44,6 +44,10 @@ AFD_VARIANTS = {"init_sft": ("sft", "init"), "init_demo": ("demo", "init"), "sft
 
 @dataclasses.dataclass
 class AfDConfig:
+    """Settings of AfD: the ``variant`` (which samples are positives and negatives, a key of
+    ``AFD_VARIANTS``), the pairwise ``loss`` (a name in ``jirl.rewards.losses.PAIRWISE_LOSSES``)
+    and the discriminator's optimisation (``steps``, ``batch_size``, ``learning_rate``)."""
+
     variant: str = "sft_demo"  # a key of AFD_VARIANTS
     loss: str = "bt"  # a name in jirl.rewards.losses.PAIRWISE_LOSSES
     steps: int = 600
@@ -52,6 +56,9 @@ class AfDConfig:
 
 
 def variant_sources(variant: str) -> tuple[str, str]:
+    """``(positives, negatives)`` of an AfD variant, each one of ``"demo"``, ``"sft"``,
+    ``"init"`` (e.g. ``"sft_demo"`` -> ``("demo", "sft")``); ``DataError`` for an unknown
+    variant."""
     if variant not in AFD_VARIANTS:
         raise DataError(f"unknown AfD variant {variant!r}; choose from {sorted(AFD_VARIANTS)}")
     return AFD_VARIANTS[variant]

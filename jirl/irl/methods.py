@@ -41,6 +41,12 @@ class IRLContext:
 
 @dataclasses.dataclass
 class LearnedReward:
+    """What an IRL method returns: ``reward_fn(tokens, prompt_lens, response_lens) -> [B,
+    horizon]`` for the RL loop, the ``reference`` parameters and KL coefficient ``beta`` at which
+    the KL-regularised optimum of that reward is the expert (if the reward is exact), the reward
+    on the oracle's tree (``tree``, when the task is enumerable), the policy trained along the
+    way (``policy``; GAIL, AIRL) and training metrics (``info``)."""
+
     reward_fn: Callable  # the RL loop's reward: (tokens, prompt_lens, response_lens) -> [B, horizon]
     reference: Any  # parameters of the RL reference policy
     beta: float  # the KL coefficient at which the RL optimum is the expert, if the reward is exact
@@ -98,6 +104,10 @@ def afd_method(context: IRLContext, settings) -> LearnedReward:
 
 @dataclasses.dataclass
 class MaxEntConfig:
+    """Settings of the ``maxent`` method: gradient ``steps`` and ``learning_rate`` of the exact
+    MaxEnt fit, and the ``l2`` penalty that keeps the rewards of never-demonstrated actions
+    finite."""
+
     steps: int = 500
     learning_rate: float = 0.1
     l2: float = 1e-3  # keeps rewards of never-demonstrated actions finite
@@ -151,6 +161,10 @@ def spin_method(context: IRLContext, settings) -> LearnedReward:
 
 @dataclasses.dataclass
 class IQLearnConfig:
+    """Settings of the ``iq_learn`` method: the chi^2 regulariser strength ``alpha`` (the
+    optimum's KL to the expert shrinks about as 1/alpha^2) and minibatch Adam (``steps``,
+    ``batch_size``, ``learning_rate``)."""
+
     alpha: float = 8.0  # chi^2 strength; the optimum's KL to the expert shrinks ~1/alpha^2 (0.14 at 0.5)
     steps: int = 500
     batch_size: int = 256
@@ -199,6 +213,10 @@ def iq_learn_method(context: IRLContext, settings: IQLearnConfig) -> LearnedRewa
 
 @dataclasses.dataclass
 class AdversarialSettings:
+    """Settings of the ``airl`` and ``gail`` methods: alternating ``iterations``, the AIRL
+    discriminator loss ``level`` (``"sequence"`` or ``"token"``; GAIL always uses ``"token"``),
+    ``disc_steps`` discriminator updates per iteration and the two learning rates."""
+
     iterations: int = 200
     level: str = "sequence"  # discriminator loss per response ("sequence") or per token
     disc_steps: int = 10

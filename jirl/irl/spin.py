@@ -28,6 +28,9 @@ from jirl.train.step import init_train_state, make_update_step
 
 @dataclasses.dataclass
 class SPINConfig:
+    """Settings of SPIN: the number of self-play ``iterations``, ``steps_per_iteration`` updates
+    of ``batch_size`` pairs at ``learning_rate`` each, and the SPIN loss's ``beta``."""
+
     iterations: int = 3
     steps_per_iteration: int = 200
     batch_size: int = 64

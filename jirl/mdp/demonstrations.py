@@ -16,6 +16,10 @@ from jirl.mdp.tasks import Task
 
 @struct.dataclass
 class Demonstrations:
+    """A batch of ``n`` demonstrations: left-aligned token buffers ``tokens [n, prompt_width +
+    horizon]`` padded with EOS, ``prompt_lens [n]``, ``response_lens [n]`` and the dense gold
+    rewards ``rewards [n, horizon]`` (0 past each response)."""
+
     tokens: jax.Array  # [n, prompt_width + horizon], left-aligned, padded with EOS
     prompt_lens: jax.Array  # [n]
     response_lens: jax.Array  # [n]
@@ -23,6 +27,7 @@ class Demonstrations:
 
     @property
     def returns(self) -> jax.Array:
+        """The gold return of each demonstration, ``rewards.sum(axis=1)``, ``[n]``."""
         return self.rewards.sum(axis=1)
 
 

@@ -22,6 +22,10 @@ from jirl.checks import check_lengths
 
 @struct.dataclass
 class MDPState:
+    """The batched MDP state: token buffers ``tokens [batch, prompt_width + horizon]`` (int32,
+    padded with EOS), ``prompt_lens [batch]``, ``lengths [batch]`` (filled slots, i.e. the next
+    slot to write) and ``done [batch]`` (bool)."""
+
     tokens: jax.Array  # [batch, prompt_width + horizon] int32, padded with eos
     prompt_lens: jax.Array  # [batch] int32
     lengths: jax.Array  # [batch] int32, number of filled slots = next slot to write

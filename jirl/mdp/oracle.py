@@ -118,10 +118,12 @@ class TreeSpec:
 
     @property
     def num_continuing(self) -> int:
+        """C = V - 1, the number of continuing (non-EOS) tokens."""
         return self.vocab_size - 1
 
     @property
     def num_prompts(self) -> int:
+        """P, the number of prompts."""
         return int(self.prompt_tokens.shape[0])
 
     @property
@@ -155,6 +157,7 @@ class TreeSpec:
         return self.num_prompts * self.sequences_per_prompt
 
     def tree_shape(self, depth: int) -> tuple[int, int, int]:
+        """``(P, C**depth, V)``, the shape of element ``depth`` of a tree."""
         return (self.num_prompts, self.num_states(depth), self.vocab_size)
 
     def _key(self) -> tuple:

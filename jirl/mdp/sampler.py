@@ -52,6 +52,12 @@ class SamplingConfig:
 
 @struct.dataclass
 class SampleOutput:
+    """What ``generate`` returns, per row: ``tokens [batch, prompt_width + max_new]`` (prompt
+    then response, padded with EOS), ``prompt_lens [batch]``, ``response_tokens [batch,
+    max_new]``, ``response_lens [batch]`` (generated tokens, a final EOS included),
+    ``response_mask [batch, max_new]``, the sampled tokens' ``log_probs [batch, max_new]`` (0
+    where masked) and ``truncated [batch]`` (stopped by ``max_new_tokens`` without EOS)."""
+
     tokens: jax.Array  # [batch, prompt_width + max_new] prompt then response, padded with eos
     prompt_lens: jax.Array  # [batch]
     response_tokens: jax.Array  # [batch, max_new], padded with eos

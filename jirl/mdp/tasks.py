@@ -35,6 +35,8 @@ TASKS: Registry[type] = Registry("task")
 
 
 def register_task(name: str):
+    """Class decorator registering a ``Task`` subclass in ``TASKS`` as ``name`` (also set as its
+    ``name`` attribute)."""
     def add(cls):
         cls.name = name
         return TASKS.register(name, cls)
@@ -80,14 +82,17 @@ class Task(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def tokenizer(self) -> CharTokenizer: ...
+    def tokenizer(self) -> CharTokenizer:
+        """The task's ``CharTokenizer`` (EOS = 0)."""
 
     @property
     def vocab_size(self) -> int:
+        """V, the tokenizer's vocabulary size (EOS included)."""
         return self.tokenizer.vocab_size
 
     @property
     def eos_id(self) -> int:
+        """The EOS (and padding) token id."""
         return self.tokenizer.eos_id
 
     @abc.abstractmethod
@@ -107,6 +112,7 @@ class Task(abc.ABC):
 
     @property
     def prompt_width(self) -> int:
+        """Lp, the padded width of the prompt buffer (the longest prompt)."""
         return self.prompts[0].shape[1]
 
     def sample_prompts(self, key, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -130,6 +136,7 @@ class Task(abc.ABC):
         )
 
     def decode(self, tokens, length) -> str:
+        """The text of the first ``length`` ids of ``tokens``, EOS shown as ``$``."""
         return self.tokenizer.decode(np.asarray(tokens)[: int(length)], stop_at_eos=False)
 
 
@@ -153,9 +160,11 @@ class LetterTask(Task):
 
     @cached_property
     def tokenizer(self):
+        """A ``CharTokenizer`` over the first ``num_chars`` lowercase letters."""
         return CharTokenizer(string.ascii_lowercase[: self.num_chars])
 
     def prompt_texts(self):
+        """One prompt per letter of the alphabet."""
         return list(self.tokenizer.alphabet)
 
 
@@ -177,6 +186,8 @@ class BigramTask(LetterTask):
         return (self.scale * rng.standard_normal((self.vocab_size, self.vocab_size))).astype(np.float32)
 
     def step_reward(self, tokens, prompt_lens, t, terminal):
+        """``score[previous token, action]`` for each row, ``[batch]`` (the previous token is the
+        prompt's last one at t = 0)."""
         previous, action = _previous_and_action(tokens, prompt_lens, t)
         return jnp.asarray(self.score_table)[previous, action]
 
@@ -206,17 +217,23 @@ class SortTask(Task):
 
     @cached_property
     def tokenizer(self):
+        """A ``CharTokenizer`` over the first ``num_symbols`` digits."""
         return CharTokenizer(string.digits[: self.num_symbols])
 
     @property
     def horizon(self):
+        """``num_digits + 1``: the sorted digits, then EOS."""
         return self.num_digits + 1
 
     def prompt_texts(self):
+        """Every string of ``num_digits`` digits from the alphabet (``num_symbols ** num_digits``
+        prompts)."""
         digits = self.tokenizer.alphabet
         return ["".join(p) for p in itertools.product(digits, repeat=self.num_digits)]
 
     def step_reward(self, tokens, prompt_lens, t, terminal):
+        """1.0 at the terminal action ``t == num_digits`` when it is EOS and the ``num_digits``
+        answer tokens before it are the prompt sorted; 0 everywhere else. ``[batch]``."""
         n = self.num_digits
         prompt = tokens[:, :n]
         target = jnp.sort(prompt, axis=1)
@@ -272,5 +289,7 @@ class GoldRewardModelTask(LetterTask):
         return (nnx.merge(graphdef, params)(tokens, lengths) - mu) / sigma
 
     def step_reward(self, tokens, prompt_lens, t, terminal):
+        """The standardised gold score of prompt + response up to the action at terminal steps, 0
+        before; ``[batch]``."""
         lengths = prompt_lens + t + 1
         return jnp.where(terminal, self.gold_score(tokens, lengths), 0.0)

@@ -21,15 +21,20 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """``len(alphabet) + 1`` (EOS included)."""
         return len(self.alphabet) + 1
 
     def encode(self, text: str) -> list[int]:
+        """The ids of the characters of ``text``; ValueError naming any character outside the
+        alphabet."""
         unknown = sorted(set(text) - set(self._ids))
         if unknown:
             raise ValueError(f"characters {unknown} are not in the tokenizer alphabet {self.alphabet!r}")
         return [self._ids[c] for c in text]
 
     def decode(self, ids, stop_at_eos: bool = True) -> str:
+        """The text of ``ids``: stops at the first EOS, or with ``stop_at_eos=False`` writes each
+        EOS as ``$``. ValueError for an id outside the vocabulary."""
         out = []
         for i in np.asarray(ids).tolist():
             if i == EOS_ID:
@@ -63,9 +68,13 @@ class ByteTokenizer:
     vocab_size = 257
 
     def encode(self, text: str) -> list[int]:
+        """The UTF-8 bytes of ``text``, each shifted by one (byte ``b`` -> id ``b + 1``)."""
         return [b + 1 for b in text.encode("utf-8")]
 
     def decode(self, ids, stop_at_eos: bool = True) -> str:
+        """The text of ``ids`` decoded as UTF-8 (invalid sequences replaced): stops at the first
+        EOS, or with ``stop_at_eos=False`` skips every EOS. ValueError for an id outside the
+        vocabulary."""
         out = bytearray()
         for i in np.asarray(ids).tolist():
             if i == EOS_ID:

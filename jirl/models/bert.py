@@ -70,6 +70,7 @@ class BertConfig:
 
     @property
     def head_dim(self) -> int:
+        """``d_model // num_heads``, the width of one attention head."""
         return self.d_model // self.num_heads
 
     @classmethod

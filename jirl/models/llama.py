@@ -194,9 +194,11 @@ class GGUFSource:
         self.file = gguf_file
 
     def names(self) -> list[str]:
+        """The names of the file's tensors, in file order."""
         return list(self.file.tensor_names)
 
     def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` dequantised to a float32 NumPy array."""
         return self.file.tensor(name)
 
 

@@ -31,6 +31,7 @@ Path_ = tuple  # a parameter's path in the model state, e.g. ("layers", 0, "attn
 
 
 def identity(x: np.ndarray) -> np.ndarray:
+    """The tensor unchanged: the default layout conversion of a ``TensorRule``."""
     return x
 
 
@@ -78,9 +79,11 @@ class DictSource:
         self.tensors = tensors
 
     def names(self) -> list[str]:
+        """The tensor names, sorted."""
         return sorted(self.tensors)
 
     def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a NumPy array."""
         return np.asarray(self.tensors[name])
 
 
@@ -99,12 +102,15 @@ class SafetensorsSource:
         self._where = {name: f for f, handle in self._files.items() for name in handle.keys()}
 
     def names(self) -> list[str]:
+        """The names of the tensors in all files, sorted."""
         return sorted(self._where)
 
     def read(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as a NumPy array, read from the file that holds it."""
         return self._files[self._where[name]].get_tensor(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of tensor ``name``, read from the file header without loading the data."""
         return tuple(self._files[self._where[name]].get_slice(name).get_shape())
 
 

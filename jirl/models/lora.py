@@ -85,6 +85,8 @@ def add_lora(model, rank: int = 8, alpha: float | None = None, targets=ATTENTION
 
 
 def lora_layers(model) -> list[LoRALinear]:
+    """Every ``LoRALinear`` layer of ``model``, in module order (the projections ``add_lora``
+    wrapped)."""
     return [module for _, _, module in _projections(model) if isinstance(module, LoRALinear)]
 
 

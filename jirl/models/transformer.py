@@ -68,14 +68,19 @@ class TransformerConfig:
 
     @property
     def kv_heads(self) -> int:
+        """The number of key/value heads: ``num_kv_heads``, or ``num_heads`` when it is None."""
         return self.num_kv_heads or self.num_heads
 
     @property
     def dims_per_head(self) -> int:
+        """The width of one attention head: ``head_dim``, or ``d_model // num_heads`` when it is
+        None."""
         return self.head_dim or self.d_model // self.num_heads
 
     @property
     def ff_dim(self) -> int:
+        """The MLP's hidden width: ``d_ff`` if set, else ``4 * d_model`` (gpt2) or ``8/3 *
+        d_model`` rounded up to a multiple of 16 (llama)."""
         if self.d_ff is not None:
             return self.d_ff
         if self.family == "gpt2":
@@ -84,6 +89,7 @@ class TransformerConfig:
 
     @property
     def compute_dtype(self):
+        """``dtype`` as a ``jnp.dtype``: the dtype activations are computed in."""
         return jnp.dtype(self.dtype)
 
 
@@ -99,17 +105,26 @@ class KVCache:
 
     @classmethod
     def zeros(cls, config: TransformerConfig, batch_size: int, length: int | None = None):
+        """An all-zero cache for ``batch_size`` rows of ``length`` slots (default
+        ``config.max_len``), one ``[batch, length, kv_heads, head_dim]`` key and value buffer per
+        layer."""
         shape = (batch_size, length or config.max_len, config.kv_heads, config.dims_per_head)
         zeros = tuple(jnp.zeros(shape, config.compute_dtype) for _ in range(config.num_layers))
         return cls(keys=zeros, values=zeros)
 
     @property
     def length(self) -> int:
+        """The number of slots per row."""
         return self.keys[0].shape[1]
 
 
 @struct.dataclass
 class TransformerOutput:
+    """What ``Transformer.__call__`` returns: ``logits [batch, time, vocab]`` (float32, or
+    float64 for a float64 model), the final-normed ``hidden [batch, time, d_model]`` states that
+    heads read, the updated ``cache`` (None without one) and, with ``return_attention=True``, one
+    ``[batch, heads, time, keys]`` array of attention probabilities per layer (else None)."""
+
     logits: jax.Array  # [batch, time, vocab], float32 (or float64 for a float64 model)
     hidden: jax.Array  # [batch, time, d_model], final-normed hidden states (input to heads)
     cache: KVCache | None
@@ -154,6 +169,10 @@ def attention(q, k, v, query_positions, key_positions):
 
 
 class Attention(nnx.Module):
+    """Causal self-attention with grouped-query heads (``kv_heads`` <= ``num_heads``), rotary
+    position embeddings for the llama family, and an optional KV cache written at the tokens'
+    positions. Projections ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``."""
+
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
         self.config = config
         d, h, kvh, hd = config.d_model, config.num_heads, config.kv_heads, config.dims_per_head
@@ -210,6 +229,8 @@ class MLP(nnx.Module):
 
 
 def make_norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
+    """The family's normalisation layer over ``d_model``: ``RMSNorm`` (llama) or ``LayerNorm``
+    (gpt2)."""
     if config.family == "llama":
         return nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, dtype=config.compute_dtype, rngs=rngs)
     return nnx.LayerNorm(config.d_model, epsilon=config.norm_eps, dtype=config.compute_dtype, rngs=rngs)
@@ -303,6 +324,8 @@ class ModelSize:
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def build(self, vocab_size: int, max_len: int) -> TransformerConfig:
+        """The full ``TransformerConfig`` of this size for a task's ``vocab_size`` and context
+        ``max_len`` (``num_kv_heads`` applies to the llama family only)."""
         return TransformerConfig(
             vocab_size=vocab_size,
             family=self.family,

@@ -24,6 +24,10 @@ from jirl.rl.advantages import check_rewards
 
 @dataclasses.dataclass
 class OnlineConfig:
+    """Settings of online DPO: ``prompts_per_iteration`` (one fresh pair each),
+    ``updates_per_iteration`` gradient steps per batch, the annotator's Bradley-Terry inverse
+    temperature ``beta_ann`` and the sampling ``temperature``."""
+
     prompts_per_iteration: int = 32  # one pair per prompt
     updates_per_iteration: int = 1
     beta_ann: float = 1.0  # the annotator's Bradley-Terry inverse temperature

@@ -170,9 +170,11 @@ class FixedKLController:
     coef: float
 
     def init(self) -> KLControllerState:
+        """The state holding ``coef`` as a float32 scalar."""
         return KLControllerState(coef=jnp.asarray(self.coef, jnp.float32))
 
     def update(self, state: KLControllerState, observed_kl, n_steps=1) -> KLControllerState:
+        """``state`` unchanged (the coefficient is fixed)."""
         del observed_kl, n_steps
         return state
 
@@ -200,9 +202,12 @@ class AdaptiveKLController:
     max_error: float = 0.2
 
     def init(self) -> KLControllerState:
+        """The state holding ``init_coef`` as a float32 scalar."""
         return KLControllerState(coef=jnp.asarray(self.init_coef, jnp.float32))
 
     def update(self, state: KLControllerState, observed_kl, n_steps=1) -> KLControllerState:
+        """The next coefficient ``beta (1 + clip(observed_kl / target - 1, -max_error, max_error)
+        * n_steps / horizon)`` (pure, jittable)."""
         error = jnp.clip(observed_kl / self.target - 1.0, -self.max_error, self.max_error)
         multiplier = 1.0 + error * n_steps / self.horizon
         return KLControllerState(coef=(state.coef * multiplier).astype(state.coef.dtype))

@@ -36,6 +36,13 @@ from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, clipped_value_terms,
 
 @dataclasses.dataclass
 class RLConfig:
+    """Settings of one RL iteration: the advantage estimator and policy loss (names in
+    ``ADVANTAGES``/``POLICY_LOSSES``) and the loss ``aggregation``; ``prompts_per_iteration``
+    prompts answered ``group_size`` times each, ``epochs`` x ``minibatches`` updates; the KL
+    coefficient ``kl_coef`` (beta of J = E[R] - beta KL(pi || pi_ref)), where the KL goes
+    (``kl_in``: the reward or the loss) and its estimator; the sampling ``temperature``; GAE's
+    ``gamma`` and ``lam``; the critic's loss weight ``value_coef`` and ``value_clip``."""
+
     advantage: str = "rloo"  # a name in ADVANTAGES
     policy_loss: str = "pg"  # a name in POLICY_LOSSES
     aggregation: Literal["token_mean", "sequence_mean", "sequence_sum"] = "sequence_sum"

@@ -26,6 +26,10 @@ from jirl.rl.advantages import check_rewards
 
 @dataclasses.dataclass
 class RAFTConfig:
+    """Settings of a RAFT round: ``n`` responses sampled per prompt (the best is kept),
+    ``prompts_per_iteration``, ``epochs`` of SFT over the kept responses and the sampling
+    ``temperature``."""
+
     n: int = 8  # responses sampled per prompt; the best one is kept
     prompts_per_iteration: int = 16
     epochs: int = 1  # SFT passes over the kept responses per round

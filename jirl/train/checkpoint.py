@@ -47,6 +47,8 @@ class CheckpointNotFoundError(JirlError, FileNotFoundError):
 
 
 def is_typed_key(leaf: Any) -> bool:
+    """Whether ``leaf`` is a typed PRNG key array (``jax.random.key``), which Orbax cannot save
+    as is."""
     dtype = getattr(leaf, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
@@ -101,6 +103,8 @@ def abstract_leaf_to_load(leaf: Any) -> Any:
 
 
 def abstract_to_load(abstract_state: Any) -> Any:
+    """``abstract_leaf_to_load`` over a whole (abstract or concrete) target state: the
+    ``jax.ShapeDtypeStruct`` tree that Orbax restores into."""
     return jax.tree.map(abstract_leaf_to_load, abstract_state)
 
 
@@ -130,9 +134,11 @@ class CheckpointManager:
         )
 
     def step_path(self, step: int) -> pathlib.Path:
+        """The folder of checkpoint ``step``, ``directory / str(step)``."""
         return self.directory / str(step)
 
     def is_complete(self, step: int) -> bool:
+        """Whether checkpoint ``step`` was fully written (its commit marker exists)."""
         return (self.step_path(step) / COMMIT_MARKER).is_file()
 
     def steps(self) -> list[int]:
@@ -143,6 +149,7 @@ class CheckpointManager:
         return sorted(step for step in named if self.is_complete(step))
 
     def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None when there is none."""
         steps = self.steps()
         return steps[-1] if steps else None
 
@@ -226,6 +233,7 @@ class CheckpointManager:
         return data_to_keys(loaded[STATE], abstract_state, custom[KEY_IMPLS]), custom[METADATA]
 
     def close(self) -> None:
+        """Release Orbax's background resources (a later ``save``/``restore`` opens them again)."""
         checkpointer = self.__dict__.pop("_checkpointer", None)
         if checkpointer is not None:
             checkpointer.close()
@@ -242,6 +250,7 @@ class CheckpointManager:
 
 
 def check_json(metadata: dict) -> None:
+    """Raise TypeError unless ``metadata`` can be written as JSON."""
     try:
         json.dumps(metadata)
     except (TypeError, ValueError) as error:

@@ -79,6 +79,8 @@ class TrainLogger:
             f.write(json.dumps(row) + "\n")
 
     def compiled(self, step: int, seconds: float) -> None:
+        """Record the compile time of the first update (``compile_seconds`` at ``step``) in
+        ``timing.jsonl`` and TensorBoard."""
         if self.enabled:
             self._timing({"step": step, "compile_seconds": seconds})
             if self.writer:
@@ -110,6 +112,7 @@ class TrainLogger:
                 self.writer.add_scalar(f"eval/{name}", float(value), step)
 
     def close(self) -> None:
+        """Stop the progress bar and close the TensorBoard writer."""
         if self.progress:
             self.progress.stop()
         if self.writer:

@@ -96,6 +96,8 @@ def _abstract(state):
 
 
 def check_resume_config(saved: dict, current: dict) -> None:
+    """Raise ``IncompatibleResumeError`` listing every dotted key (with both values) where the
+    current config dict differs from the one saved with the checkpoint."""
     differing = diff_configs(saved, current)
     if differing:
         details = ", ".join(f"{k} (checkpoint {_lookup(saved, k)!r}, now {_lookup(current, k)!r})" for k in differing)

@@ -24,6 +24,10 @@ from jirl.registry import Registry
 
 @struct.dataclass
 class LossOutput:
+    """An objective's loss as ``total`` (the sum of per-unit losses over the (micro-)batch) and
+    ``count`` (the number of units, tokens, sequences or pairs, possibly fractional weights). The
+    update step sums both over micro-batches and devices before dividing (contract 2)."""
+
     total: jax.Array  # sum of per-unit losses over the (micro-)batch
     count: jax.Array  # number of units the sum runs over
 

@@ -7,6 +7,8 @@ from jirl.train.losses import AGGREGATIONS, OBJECTIVES, LossFn, LossOutput
 
 
 def check_batch_keys(batch: dict, needed: tuple[str, ...], objective: str) -> None:
+    """Raise KeyError naming ``objective``, the keys it needs and the ones missing from
+    ``batch``."""
     missing = [k for k in needed if k not in batch]
     if missing:
         raise KeyError(f"{objective} needs batch keys {list(needed)}; missing {missing} (batch has {sorted(batch)})")

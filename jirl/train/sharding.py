@@ -47,6 +47,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A ``NamedSharding`` that puts a full copy of an array on every device of ``mesh``."""
     return NamedSharding(mesh, PartitionSpec())
 
 

@@ -31,6 +31,10 @@ from jirl.train.losses import LossFn, safe_divide
 
 @struct.dataclass
 class TrainState:
+    """The state an update step carries: trainable ``params`` and ``frozen`` parameters (nnx
+    states), the optimizer state ``opt_state``, the number of updates applied ``step`` (int32)
+    and the typed PRNG ``key`` (split once per step)."""
+
     params: Any  # trainable parameters (an nnx.State)
     frozen: Any  # parameters that are never updated (an nnx.State, possibly empty)
     opt_state: Any
@@ -44,6 +48,7 @@ class TrainState:
 
 
 def everything(path, value) -> bool:
+    """The default ``trainable`` filter: every parameter is trained."""
     return True
 
 
