@@ -48,11 +48,10 @@ from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.bert import load_minilm
 from jirl.models.lora import ADAPTERS, ATTENTION, adapter_params, add_lora
 from jirl.models.pretrained import load_pretrained
-from jirl.models.scoring import gather_response, logits_fn
 from jirl.rewards.embedding_heads import head_reward, standardize, train_heads
 from jirl.rewards.embeddings import embed_texts
 from jirl.rewards.models import terminal_rewards
-from jirl.rl.kl import full_kl_terms
+from jirl.rl.kl import response_kl
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 from jirl.train.checkpoint import CheckpointManager
 from jirl.train.step import init_train_state, make_update_step
@@ -221,15 +220,12 @@ def reward_fn_for(prompts: PromptSet, reward_model: TextRewardModel, tokenizer):
 def evaluate(key, graphdef, params, ref_params, prompts: PromptSet, reward_fn, count: int, temperature: float) -> dict:
     """One sampled reply to each of the first ``count`` prompts: mean reward-model score, length,
     and KL(pi || pi_ref) as the sum over each reply's steps of the exact per-step KL over the
-    vocabulary (``full_kl_terms``: unbiased, never negative, far less noisy than ``k1``)."""
+    vocabulary (``response_kl``: unbiased, never negative, far less noisy than ``k1``)."""
     rows = slice(0, min(count, len(prompts.lens)))
     sampling = SamplingConfig(max_new_tokens=prompts.horizon, eos_id=prompts.eos_id, temperature=temperature)
     out = generate(graphdef, params, prompts.tokens[rows], prompts.lens[rows], key, sampling)
     rewards = reward_fn(out.tokens, out.prompt_lens, out.response_lens)
-    step_logits = [
-        gather_response(logits_fn(graphdef, p)(out.tokens), out.prompt_lens, prompts.horizon, shift=-1) for p in (params, ref_params)
-    ]
-    kl = jnp.sum(jnp.where(out.response_mask, full_kl_terms(*step_logits, temperature), 0.0), axis=1)
+    kl = response_kl(graphdef, params, ref_params, out.tokens, out.prompt_lens, out.response_mask, temperature)
     return {
         "score": float(jnp.mean(jnp.sum(rewards, axis=1))),
         "length": float(jnp.mean(out.response_lens)),

@@ -25,13 +25,18 @@ later peak). Here:
    best-of-n for n = 1..``bon_max_n``, at ``d = sqrt(log n - (n - 1)/n)`` (``best_of_n_kl``).
 5. RL: RLOO with ``kl_coef = 0`` against each proxy (the proxies of one size vmapped in one
    program), evaluated every ``rl_eval_every`` iterations: gold and proxy reward of fresh
-   samples and their KL to the initial policy (``sequence_kl_exact``: the exact next-token KL
+   samples and their KL to the initial policy (``jirl.rl.kl.response_kl``: the exact next-token KL
    summed over the visited states, an unbiased low-variance estimate).
 6. Fits (``jirl.eval.scaling``) of the gold curves, the observed gold peak, and whether the gold
    reward peaks and falls while the proxy keeps rising.
-7. Mitigations on one proxy (``mitigation_proxy``), under the same RL budget: an ensemble of
-   ``ensemble_size`` proxies (different seeds, same data) aggregated by ``mean - k std`` and by
-   ``min`` (Coste et al. 2024), and a KL penalty (``kl_coef``) on the single proxy.
+7. Mitigations on one proxy (``mitigation_proxy``), under the same RL budget and in the same
+   vmapped program as the proxies of its width: an ensemble of ``ensemble_size`` proxies
+   (different initialisations and minibatch orders, same data) aggregated by ``mean - k std``
+   and by ``min`` (Coste et al. 2024), and a KL penalty in the reward (``kl_coef``, Ziegler et
+   al. 2019) on the single proxy.
+
+Rewards are reported relative to the initial policy (``R(0) = 0``, as in the paper): gold minus
+its mean over the best-of-n pool, each proxy minus its own mean there.
 
     jirl run overoptimization --set proxy_sizes=16,64 --set rl_iterations=200
 """
@@ -58,12 +63,13 @@ from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.mdp.tasks import TaskConfig, build_task
 from jirl.models.heads import SequenceRewardModel
-from jirl.models.scoring import gather_response
-from jirl.models.transformer import ModelSize, Transformer, forward
+from jirl.models.scoring import response_log_probs, response_mask
+from jirl.models.transformer import ModelSize, Transformer
 from jirl.rewards.annotation import simulate_preferences
 from jirl.rewards.ensemble import aggregate_ensemble
 from jirl.rewards.losses import preference_objective
-from jirl.rewards.models import reward_model_rewards, sequence_reward_fn, terminal_rewards
+from jirl.rewards.models import sequence_reward_fn, terminal_rewards
+from jirl.rl.kl import kl_penalized_rewards, response_kl
 from jirl.rl.loop import RLConfig, collect, rl_loss
 from jirl.train.seeds import make_multi_seed_step
 from jirl.train.step import init_train_state, update_fn
@@ -92,7 +98,7 @@ class OveroptimizationConfig:
     bon_pool_per_prompt: int = 4096
     bon_max_n: int = 1000
     # RL (RLOO, no KL penalty unless a mitigation adds one).
-    rl_iterations: int = 300
+    rl_iterations: int = 500
     rl_eval_every: int = 10
     rl_eval_samples: int = 512
     prompts_per_iteration: int = 16
@@ -115,18 +121,19 @@ def proxy_name(size: int, pairs: int) -> str:
 # Samples of a policy
 
 
-def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk: int = 4096) -> dict:
+def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk: int = 1024) -> dict:
     """Responses of the policy to the task's prompts ``prompt_ids`` (indices into
-    ``task.prompts``), generated in chunks, with their gold rewards."""
+    ``task.prompts``), generated in chunks of one shape (one compile), with their gold rewards."""
     tokens, lens, _ = task.prompts
     sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
+    padded = np.resize(prompt_ids, -(-len(prompt_ids) // chunk) * chunk)  # the last chunk filled up
     parts = []
-    for i, start in enumerate(range(0, len(prompt_ids), chunk)):
-        ids = prompt_ids[start : start + chunk]
+    for i, start in enumerate(range(0, len(padded), chunk)):
+        ids = padded[start : start + chunk]
         out = generate(graphdef, params, jnp.asarray(tokens[ids]), jnp.asarray(lens[ids]), jax.random.fold_in(key, i), sampling)
         gold = gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)
         parts.append({"tokens": out.tokens, "prompt_len": out.prompt_lens, "response_len": out.response_lens, "gold": gold})
-    pool = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    pool = {k: np.concatenate([np.asarray(p[k]) for p in parts])[: len(prompt_ids)] for k in parts[0]}
     pool["length"] = pool["prompt_len"] + pool["response_len"]
     pool["prompt_id"] = np.asarray(prompt_ids)
     return pool
@@ -135,25 +142,6 @@ def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk:
 def gold_returns(task, tokens, prompt_lens, response_lens):
     """The task's (gold) return of each finished response ``[B]``."""
     return jnp.sum(sequence_rewards(task, tokens, prompt_lens, response_lens), axis=1)
-
-
-def sequence_kl_exact(graphdef, params, ref_params, tokens, prompt_lens, mask):
-    """Per-sequence estimate ``[B]`` of KL(pi || pi_ref) over responses, with the exact
-    next-token KL at every visited state (the chain rule of KL, Cover & Thomas 2006, eq. 2.67):
-
-        KL(pi || pi_ref) = E_{y ~ pi} sum_t KL(pi(. | s_t) || pi_ref(. | s_t)).
-
-    Unbiased like the sampled log-ratio (k1, Schulman 2020) but with the sampling noise of
-    each action integrated out, so far lower variance; never negative."""
-    horizon = mask.shape[1]
-
-    def step_log_probs(p):
-        logits = gather_response(forward(graphdef, p, tokens).logits, prompt_lens, horizon, shift=-1)
-        return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-
-    log_p, log_q = step_log_probs(params), step_log_probs(ref_params)
-    per_step = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-    return jnp.sum(jnp.where(mask, per_step, 0.0), axis=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +164,7 @@ def train_proxies(config: OveroptimizationConfig, task, size: int, members: list
 
     Returns ``graphdef`` and the stacked parameters ``[members, ...]``."""
     graphdef, _ = proxy_graph(config, task, size, 0)
-    stacked = [proxy_graph(config, task, size, 1000 * seed + size)[1] for _, seed in members]
+    stacked = [proxy_graph(config, task, size, 100_000 * config.seed + 1000 * seed + size)[1] for _, seed in members]
     params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *stacked)
     optimizer = optax.adamw(config.rm_learning_rate, weight_decay=config.rm_weight_decay)
     keys = jax.random.split(jax.random.key(config.seed + size), len(members))
@@ -204,16 +192,45 @@ def score_pool(graphdef, params, pool: dict, chunk: int = 4096) -> np.ndarray:
     )
 
 
-def proxy_reward_fn(graphdef, params, task, aggregation: str | None = None, k: float = 1.0):
-    """The RL loop's ``reward_fn``: one proxy's score at the last response step, or, with
-    ``aggregation``, ``aggregate_ensemble`` of the stacked members' scores ``[K, B]``."""
-    if aggregation is None:
-        return reward_model_rewards(graphdef, params, task.vocab_size, task.horizon)
-    score = jax.vmap(sequence_reward_fn(graphdef), in_axes=(0, None, None))
+def rl_members(config: OveroptimizationConfig, proxies: dict, size: int) -> dict:
+    """The RL runs against the proxies of width ``size``, each as a reward specification:
+    ``params`` (``[K, ...]`` stacked proxies), ``min`` / ``k`` (the ensemble aggregation) and
+    ``kl_coef``. A single proxy is K copies of itself with ``k = 0`` (its mean is itself); the
+    mitigation proxy's width also gets the mitigations, so all of one width run as one program."""
+    mitigation = config.mitigation_proxy
+    ensemble = [mitigation] + [f"{mitigation}_seed{s}" for s in range(1, config.ensemble_size)]
+    copies = len(ensemble) if mitigation in proxies and proxies[mitigation][2] == size else 1
+    stack = lambda names: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[proxies[n][1] for n in names])  # noqa: E731
+    single = lambda name: {"params": stack([name] * copies), "min": False, "k": 0.0, "kl_coef": 0.0}  # noqa: E731
+    members = {proxy_name(size, n): single(proxy_name(size, n)) for n in config.data_sizes}
+    if copies > 1:
+        members["ensemble_mean_minus_std"] = {"params": stack(ensemble), "min": False, "k": config.ensemble_k, "kl_coef": 0.0}
+        members["ensemble_min"] = {"params": stack(ensemble), "min": True, "k": 0.0, "kl_coef": 0.0}
+        members["kl_penalty"] = {**single(mitigation), "kl_coef": config.kl_coef}
+    return members
+
+
+def member_reward_fn(setting: dict, reward_graphdef, member: dict, policy=None):
+    """The RL loop's ``reward_fn(tokens, prompt_lens, response_lens) -> [B, horizon]`` of one
+    member: its proxies' scores ``[K, B]`` aggregated by ``aggregate_ensemble`` (``min``, or
+    ``mean - k std``; Coste et al. 2024), paid at the last response step; with ``policy``, minus
+    ``kl_coef`` times the per-token log-ratio to the initial policy (``kl_penalized_rewards``,
+    the KL-in-the-reward of Ziegler et al. 2019)."""
+    task, graphdef, reference = setting["task"], setting["graphdef"], setting["reference"]
+    score = jax.vmap(sequence_reward_fn(reward_graphdef), in_axes=(0, None, None))
 
     def reward_fn(tokens, prompt_lens, response_lens):
-        scores = aggregate_ensemble(score(params, tokens, prompt_lens + response_lens), aggregation, k)
-        return terminal_rewards(scores, response_lens, task.horizon)
+        scores = score(member["params"], tokens, prompt_lens + response_lens)
+        aggregated = jnp.where(
+            member["min"], aggregate_ensemble(scores, "min"), aggregate_ensemble(scores, "mean_minus_std", member["k"])
+        )
+        rewards = terminal_rewards(aggregated, response_lens, task.horizon)
+        if policy is None:
+            return rewards
+        log_probs = response_log_probs(graphdef, policy, tokens, prompt_lens, task.horizon)
+        ref_log_probs = response_log_probs(graphdef, reference, tokens, prompt_lens, task.horizon)
+        mask = response_mask(response_lens, task.horizon)
+        return kl_penalized_rewards(rewards, log_probs, ref_log_probs, mask, member["kl_coef"])
 
     return reward_fn
 
@@ -222,29 +239,30 @@ def proxy_reward_fn(graphdef, params, task, aggregation: str | None = None, k: f
 # RL against proxies
 
 
-def make_rl_programs(config: OveroptimizationConfig, setting: dict, rl: RLConfig, reward_graphdef, aggregation=None):
-    """Jitted, member-vmapped ``iterate(states, reward_params, keys)`` and
-    ``evaluate(states, reward_params, keys)``; member ``m`` optimises the proxy (or ensemble)
-    ``reward_params[m]``."""
+def make_rl_programs(config: OveroptimizationConfig, setting: dict, reward_graphdef, penalised: bool):
+    """Jitted, member-vmapped ``iterate(states, members, keys)`` (one RLOO update, Ahmadian et
+    al. 2024) and ``evaluate(states, members, keys)`` (gold, proxy and exact KL of fresh samples).
+    ``penalised``: some member has a KL penalty (else its log-ratio is not computed at all)."""
     task, graphdef, reference = setting["task"], setting["graphdef"], setting["reference"]
+    rl = RLConfig(advantage="rloo", policy_loss="pg", prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size)
     step = update_fn(rl_loss(graphdef, rl, task.horizon), optax.adam(config.rl_learning_rate))
     sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
 
-    def iterate(state, reward_params, key):
-        reward_fn = proxy_reward_fn(reward_graphdef, reward_params, task, aggregation, config.ensemble_k)
+    def iterate(state, member, key):
+        reward_fn = member_reward_fn(setting, reward_graphdef, member, policy=state.full_params if penalised else None)
         batch, metrics = collect(key, task, graphdef, state.full_params, reference, rl, reward_fn)
         state, _ = step(state, batch)
         return state, metrics
 
-    def evaluate(state, reward_params, key):
+    def evaluate(state, member, key):
         prompt_key, sample_key = jax.random.split(key)
         prompts, lens = task.sample_prompts(prompt_key, config.rl_eval_samples)
         out = generate(graphdef, state.full_params, prompts, lens, sample_key, sampling)
-        reward_fn = proxy_reward_fn(reward_graphdef, reward_params, task, aggregation, config.ensemble_k)
-        kl = sequence_kl_exact(graphdef, state.full_params, reference, out.tokens, out.prompt_lens, out.response_mask)
+        proxy = member_reward_fn(setting, reward_graphdef, member)(out.tokens, out.prompt_lens, out.response_lens)
+        kl = response_kl(graphdef, state.full_params, reference, out.tokens, out.prompt_lens, out.response_mask)
         return {
             "gold": jnp.mean(gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)),
-            "proxy": jnp.mean(jnp.sum(reward_fn(out.tokens, out.prompt_lens, out.response_lens), axis=1)),
+            "proxy": jnp.mean(jnp.sum(proxy, axis=1)),
             "kl": jnp.mean(kl),
             "response_length": jnp.mean(out.response_lens.astype(jnp.float32)),
         }
@@ -252,26 +270,28 @@ def make_rl_programs(config: OveroptimizationConfig, setting: dict, rl: RLConfig
     return jax.jit(jax.vmap(iterate), donate_argnums=0), jax.jit(jax.vmap(evaluate))
 
 
-def train_rl(config, setting, rl: RLConfig, reward_graphdef, reward_params, names, run: RunDir, progress, bar, aggregation=None) -> dict:
-    """RL from the initial policy for each member of ``reward_params`` (one program); returns
-    each member's curve ``{iteration, kl, gold, proxy, response_length}`` (raw, not relative)."""
-    iterate, evaluate = make_rl_programs(config, setting, rl, reward_graphdef, aggregation)
-    members = len(names)
+def train_rl(config, setting, reward_graphdef, members: dict, run: RunDir, progress, bar) -> dict:
+    """RL from the initial policy against every member of ``members`` at once (one vmapped
+    program); returns each member's curve ``{iteration, kl, gold, proxy, response_length}``
+    (rewards raw, not yet relative to the initial policy)."""
+    iterate, evaluate = make_rl_programs(config, setting, reward_graphdef, any(m["kl_coef"] > 0 for m in members.values()))
+    names, count = list(members), len(members)
+    stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members.values())
     optimizer = optax.adam(config.rl_learning_rate)
-    stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (members,) + x.shape), tree)  # noqa: E731
-    keys = jax.random.split(jax.random.key(config.seed + 7), members)
-    states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(stack(setting["reference"]), keys)
+    policies = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (count,) + x.shape), setting["reference"])
+    states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(policies, jax.random.split(jax.random.key(config.seed + 7), count))
     # Every member sees the same prompts and sampling noise (common random numbers).
-    same = lambda key: jnp.broadcast_to(key, (members,))  # noqa: E731
+    same = lambda key: jnp.stack([key] * count)  # noqa: E731
     curves = {name: [] for name in names}
     for iteration in range(config.rl_iterations + 1):
         if iteration % config.rl_eval_every == 0 or iteration == config.rl_iterations:
-            point = {k: np.asarray(v) for k, v in evaluate(states, reward_params, same(jax.random.key(config.seed + 10_000 + iteration))).items()}
+            point = evaluate(states, stacked, same(jax.random.key(config.seed + 10_000 + iteration)))
+            point = {k: np.asarray(v) for k, v in point.items()}
             for m, name in enumerate(names):
                 curves[name].append({"iteration": iteration, **{k: float(v[m]) for k, v in point.items()}})
-                run.log(iteration, stage="rl", run=name, **{k: v for k, v in curves[name][-1].items() if k != "iteration"})
+                run.log(iteration, stage="rl", run=name, **{k: float(v[m]) for k, v in point.items()})
         if iteration < config.rl_iterations:
-            states, _ = iterate(states, reward_params, same(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
+            states, _ = iterate(states, stacked, same(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
             progress.advance(bar)
     return curves
 
@@ -385,7 +405,7 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
         pool_scores = score_pool(proxy_graphdef, params, bon_pool)
         for m, (n, seed) in enumerate(members):
             name = proxy_name(size, n) if seed == 0 else f"{proxy_name(size, n)}_seed{seed}"
-            proxies[name] = (proxy_graphdef, jax.tree_util.tree_map(lambda x, m=m: x[m], params))
+            proxies[name] = (proxy_graphdef, jax.tree_util.tree_map(lambda x, m=m: x[m], params), size)
             scores[name] = pool_scores[m]
             accuracy = float(pairwise_accuracy(pool_scores[m][test_a], pool_scores[m][test_b]))
             proxy_info[name] = {"d_model": size, "pairs": n, "seed": seed, "test_accuracy": accuracy}
@@ -399,19 +419,16 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
     seconds["best_of_n"] = time.perf_counter() - start
     gold0 = float(np.mean(bon_pool["gold"]))  # equal prompts, so this is E_init[gold]
 
-    # RL: one vmapped program per proxy width, then the mitigations.
+    # RL: one vmapped program per proxy width (the mitigations run with their proxy's width).
     start = time.perf_counter()
-    rl = RLConfig(advantage="rloo", policy_loss="pg", prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size)
     rl_raw = {}
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=run.console) as progress:
-        bar = progress.add_task("RL", total=(len(config.proxy_sizes) + 3) * config.rl_iterations)
+        bar = progress.add_task("RL", total=len(config.proxy_sizes) * config.rl_iterations)
         for size in config.proxy_sizes:
-            group = [proxy_name(size, n) for n in config.data_sizes]
-            progress.update(bar, description=f"RL vs d{size} proxies")
-            params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[proxies[name][1] for name in group])
-            rl_raw.update(train_rl(config, setting, rl, proxies[group[0]][0], params, group, run, progress, bar))
-        rl_raw.update(run_mitigations(config, setting, rl, proxies, run, progress, bar))
+            members = rl_members(config, proxies, size)
+            progress.update(bar, description=f"RL vs d{size} proxies ({len(members)} runs)")
+            rl_raw.update(train_rl(config, setting, proxies[proxy_name(size, config.data_sizes[0])][0], members, run, progress, bar))
     seconds["rl"] = time.perf_counter() - start
 
     proxy0 = {name: float(np.mean(scores[name])) for name in scores}
@@ -460,24 +477,6 @@ def gold_ordered_pairs(key, pool: dict, num: int = 20_000):
     return np.where(a_better, a, b), np.where(a_better, b, a)
 
 
-def run_mitigations(config, setting, rl: RLConfig, proxies: dict, run: RunDir, progress, bar) -> dict:
-    """RL on the mitigation proxy's ensemble (``mean - k std`` and ``min``) and on the single
-    proxy with a KL penalty; the plain run is the main sweep's."""
-    name = config.mitigation_proxy
-    graphdef = proxies[name][0]
-    members = [name] + [f"{name}_seed{s}" for s in range(1, config.ensemble_size)]
-    ensemble = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[proxies[m][1] for m in members])
-    add_axis = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)  # noqa: E731
-    curves = {}
-    for mitigation, aggregation in (("ensemble_mean_minus_std", "mean_minus_std"), ("ensemble_min", "min")):
-        progress.update(bar, description=f"RL vs {mitigation}")
-        curves.update(train_rl(config, setting, rl, graphdef, add_axis(ensemble), [mitigation], run, progress, bar, aggregation))
-    progress.update(bar, description=f"RL vs {name}, KL penalty {config.kl_coef:g}")
-    penalised = dataclasses.replace(rl, kl_coef=config.kl_coef)
-    curves.update(train_rl(config, setting, penalised, graphdef, add_axis(proxies[name][1]), ["kl_penalty"], run, progress, bar))
-    return curves
-
-
 # ---------------------------------------------------------------------------------------------
 # Output
 
@@ -486,13 +485,14 @@ def print_tables(run: RunDir, results: dict) -> None:
     fmt = lambda x: "inf" if x is None else f"{x:.2f}"  # noqa: E731
     for form, title in (("bon", "best-of-n"), ("rl", "RL (RLOO, no KL penalty)")):
         table = Table(title=f"{title}: gold reward vs d = sqrt(KL), fit of Gao et al. (2022)")
-        for column in ("proxy", "test acc", "α", "β", "R²", "peak d fit", "peak d seen", "gold peak → end", "falls*"):
+        table.add_column("proxy", no_wrap=True)
+        for column in ("test acc", "α", "β", "R²", "peak d fit/seen", "gold peak→end", "falls*"):
             table.add_column(column, justify="right")
         for name in results["proxies"]:
             f = results[form][name]
             table.add_row(
                 name, f"{results['proxy_info'][name]['test_accuracy']:.3f}", f"{f['alpha']:.3f}", f"{f['beta']:.3f}",
-                f"{f['r2']:.3f}", fmt(f["fit_peak_d"]), f"{f['gold_peak_d']:.2f}", f"{f['gold_peak']:.2f} → {f['gold_final']:.2f}",
+                f"{f['r2']:.3f}", f"{fmt(f['fit_peak_d'])}/{f['gold_peak_d']:.2f}", f"{f['gold_peak']:.2f}→{f['gold_final']:.2f}",
                 "yes" if f["gold_falls_while_proxy_rises"] else "no",
             )
         run.console.print(table)
@@ -539,6 +539,8 @@ def plot(path, results: dict, config: OveroptimizationConfig) -> None:
             alphas = [results[form][proxy_name(size, n)]["alpha"] for n in config.data_sizes]
             ax.plot(config.data_sizes, alphas, marker, color=plt.cm.tab10(colour_index), label=f"{form} α, d_model={size}")
     ax.set(xscale="log", xlabel="preference pairs", ylabel="fitted α (gold)", title="fitted α vs data (solid bon, dashed RL)")
+    ax.set_xticks(config.data_sizes, [str(n) for n in config.data_sizes], minor=False)
+    ax.minorticks_off()
     ax.legend(fontsize=7)
     ax = axes[1, -1]
     for mitigation, curve in results["curves"]["mitigations"].items():

@@ -1,9 +1,20 @@
-"""The ``jirl`` command: list, show and run registered experiments."""
+"""The ``jirl`` command: list, show and run registered experiments.
+
+Plugins extend the registries from the user's own code: every module named in the environment
+variable ``JIRL_PLUGINS`` (comma-separated module names or ``.py`` paths) and every
+``--plugin NAME_OR_PATH`` is imported before the command runs, so what it registers (a loss, a
+task, an experiment, ...) can be listed, shown and run by name.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
+import traceback
+from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
@@ -16,17 +27,132 @@ from jirl.experiment import EXPERIMENTS, load_experiments, run_experiment
 from jirl.registry import UnknownNameError
 
 USER_ERROR_EXIT_CODE = 2
+PLUGINS_ENV = "JIRL_PLUGINS"
+
+
+class PluginError(JirlError):
+    """A plugin that cannot be found or fails while it is imported."""
+
+
 USER_ERRORS = (JirlError, UnknownNameError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jirl`` console script; returns the exit code."""
+    """Entry point of the ``jirl`` console script; returns the exit code. Plugins (``JIRL_PLUGINS``,
+    then every ``--plugin``) are imported before the command runs."""
     args = build_parser().parse_args(argv)
     try:
+        args.builtin_names = registered_names()  # before the plugins: what jirl itself registers
+        args.loaded_plugins = load_plugins(plugin_specs(args))
         return args.command(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+def plugin_specs(args: argparse.Namespace | None = None, environ=None) -> list[str]:
+    """The plugins to import: the comma-separated entries of ``$JIRL_PLUGINS``, then the
+    ``--plugin`` options (given before or after the sub-command), blanks dropped."""
+    environ = os.environ if environ is None else environ
+    specs = [part.strip() for part in environ.get(PLUGINS_ENV, "").split(",")]
+    if args is not None:
+        specs += list(getattr(args, "plugins", None) or []) + list(getattr(args, "sub_plugins", None) or [])
+    return [spec for spec in specs if spec]
+
+
+def _is_path(spec: str) -> bool:
+    return spec.endswith(".py") or os.sep in spec or (os.altsep is not None and os.altsep in spec)
+
+
+def load_plugin(spec: str):
+    """Import one plugin: a ``.py`` file (any path with a separator or a ``.py`` ending) or an
+    importable module name. A file is imported once per resolved path, as module
+    ``jirl_plugin_<stem>`` (so its registrations are not repeated). Returns the module; raises
+    ``PluginError`` for a missing plugin or one that fails while it runs."""
+    if _is_path(spec):
+        path = Path(spec).expanduser().resolve()
+        if not path.is_file():
+            raise PluginError(f"plugin file {spec!r} does not exist (resolved to {path}); check {PLUGINS_ENV} / --plugin")
+        for module in list(sys.modules.values()):
+            if getattr(module, "__file__", None) and Path(module.__file__).resolve() == path:
+                return module
+        name = f"jirl_plugin_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise PluginError(f"plugin {spec!r} is not an importable Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            del sys.modules[name]
+            raise _failed(spec, error) from error
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (spec == error.name or spec.startswith(error.name + ".")):
+            raise PluginError(
+                f"plugin module {spec!r} not found: it must be importable (on PYTHONPATH / sys.path), or pass a "
+                "path to a .py file"
+            ) from error
+        raise _failed(spec, error) from error
+    except Exception as error:
+        raise _failed(spec, error) from error
+
+
+def _failed(spec: str, error: Exception) -> PluginError:
+    where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    at = f" (at {where.filename}:{where.lineno})" if where else ""
+    return PluginError(f"plugin {spec!r} failed while importing: {type(error).__name__}: {error}{at}")
+
+
+def load_plugins(specs: Sequence[str]) -> list[str]:
+    """Import every plugin in ``specs`` in order (see ``load_plugin``); returns the specs."""
+    for spec in specs:
+        load_plugin(spec)
+    return list(specs)
+
+
+def registries() -> dict[str, "object"]:
+    """The registries users extend, by title: tasks, preference losses, objectives, reward-model
+    losses, advantage estimators, policy losses, credit schemes and IRL methods (importing the
+    modules that fill them)."""
+    import jirl.preference.objective  # noqa: F401  (copies the paired preference losses into OBJECTIVES)
+    import jirl.irl.adversarial  # noqa: F401  (registers the airl and gail objectives)
+    import jirl.irl.iq_learn  # noqa: F401  (registers the iq_learn objective)
+    import jirl.train.sft  # noqa: F401  (registers the sft objective)
+    from jirl.credit.schemes import CREDIT_SCHEMES
+    from jirl.irl.methods import IRL_METHODS
+    from jirl.mdp.tasks import TASKS
+    from jirl.preference.losses import PREFERENCE_LOSSES
+    from jirl.rewards.losses import PAIRWISE_LOSSES
+    from jirl.rl.advantages import ADVANTAGES
+    from jirl.rl.policy_losses import POLICY_LOSSES
+    from jirl.train.losses import OBJECTIVES
+
+    return {
+        "tasks": TASKS,
+        "preference losses": PREFERENCE_LOSSES,
+        "objectives": OBJECTIVES,
+        "reward-model losses": PAIRWISE_LOSSES,
+        "advantage estimators": ADVANTAGES,
+        "policy losses": POLICY_LOSSES,
+        "credit schemes": CREDIT_SCHEMES,
+        "IRL methods": IRL_METHODS,
+    }
+
+
+def registered_names() -> dict[str, set[str]]:
+    """``{title: names}`` of every registry in ``registries()`` plus ``experiments``, after the
+    built-in experiments are loaded."""
+    load_experiments()
+    names = {title: set(registry.names()) for title, registry in registries().items()}
+    names["experiments"] = set(EXPERIMENTS.names())
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,16 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
     (``list_command``, ``show_command``, ``run_command``) as ``args.command``."""
     parser = argparse.ArgumentParser(prog="jirl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"jirl {__version__}")
+    plugin_help = (f"import this module or .py file first, so that what it registers can be used (repeatable; "
+                   f"also ${PLUGINS_ENV}, comma-separated)")
+    parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_PATH", help=plugin_help)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    list_parser = commands.add_parser("list", help="list registered experiments")
+    def add_command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--plugin", dest="sub_plugins", action="append", default=[], metavar="MODULE_OR_PATH", help=plugin_help)
+        return sub
+
+    list_parser = add_command("list", help="list registered experiments, tasks, losses, estimators, ...")
     list_parser.set_defaults(command=list_command)
 
-    show_parser = commands.add_parser("show", help="show an experiment's description and config")
+    show_parser = add_command("show", help="show an experiment's description and config")
     show_parser.add_argument("name", help="experiment name")
     show_parser.set_defaults(command=show_command)
 
-    run_parser = commands.add_parser("run", help="run an experiment")
+    run_parser = add_command("run", help="run an experiment")
     run_parser.add_argument("name", help="experiment name")
     run_parser.add_argument(
         "--set",
@@ -64,17 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    """``jirl list``: print a table of every registered experiment and its description; returns
-    0."""
+    """``jirl list``: print a table of every registered experiment and its description, then the
+    names in each registry users extend (``registries()``); names a plugin registered are marked
+    ``(plugin)``. Returns 0."""
     load_experiments()
+    builtin = getattr(args, "builtin_names", None) or {}
     console = Console()
+
+    def label(title: str, name: str) -> Text:
+        from_plugin = title in builtin and name not in builtin[title]
+        return Text.assemble(name, (" (plugin)", "bold green") if from_plugin else "")
+
     if not EXPERIMENTS.names():
         console.print("no experiments registered")
-        return 0
-    table = Table("experiment", "description")
-    for name in EXPERIMENTS.names():
-        table.add_row(Text(name), Text(EXPERIMENTS.get(name).description))
+    else:
+        table = Table("experiment", "description")
+        for name in EXPERIMENTS.names():
+            table.add_row(label("experiments", name), Text(EXPERIMENTS.get(name).description))
+        console.print(table)
+    table = Table("registry", "names", title="registered components (extend them with --plugin or $JIRL_PLUGINS)")
+    for title, registry in registries().items():
+        table.add_row(Text(title), Text(", ").join(label(title, name) for name in registry.names()))
     console.print(table)
+    plugins = getattr(args, "loaded_plugins", None)
+    if plugins:
+        console.print(Text(f"plugins loaded: {', '.join(plugins)}"), soft_wrap=True)
     return 0
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.overoptimization import sequence_kl_exact
+from jirl.rl.kl import response_kl
 from jirl.cli import main
 from jirl.eval.exact import ExactSetting
 from jirl.mdp import oracle
@@ -68,7 +68,7 @@ def test_unknown_mitigation_proxy_is_a_clear_error(tmp_path, capsys):
     assert "mitigation_proxy='d99_n1' is not one of the proxies" in capsys.readouterr().err
 
 
-def test_sequence_kl_exact_is_unbiased_for_the_exact_kl():
+def test_response_kl_is_unbiased_for_the_exact_kl():
     """The mean of the per-state exact KL over sampled responses equals the oracle's sequence
     KL(pi || pi_ref), enumerated over the whole tree of a small task."""
     setting = ExactSetting.build(TaskConfig("bigram", ("num_chars=2", "horizon=3")), ModelSize(family="gpt2", d_model=16), seed=0)
@@ -79,11 +79,11 @@ def test_sequence_kl_exact_is_unbiased_for_the_exact_kl():
     exact = float(oracle.kl_divergence(setting.spec, setting.policy_tree(policy), setting.ref_tree))
     prompts, lens = task.sample_prompts(jax.random.key(0), 8192)
     out = generate(setting.graphdef, policy, prompts, lens, jax.random.key(1), SamplingConfig(task.horizon, task.eos_id))
-    kl = sequence_kl_exact(setting.graphdef, policy, setting.reference, out.tokens, out.prompt_lens, out.response_mask)
+    kl = response_kl(setting.graphdef, policy, setting.reference, out.tokens, out.prompt_lens, out.response_mask)
     assert exact > 0.05
     standard_error = float(jnp.std(kl)) / math.sqrt(kl.shape[0])
     assert abs(float(jnp.mean(kl)) - exact) < 4 * standard_error + 1e-4
     assert float(jnp.min(kl)) >= -1e-6
     # At the reference itself it is exactly 0.
-    zero = sequence_kl_exact(setting.graphdef, setting.reference, setting.reference, out.tokens, out.prompt_lens, out.response_mask)
+    zero = response_kl(setting.graphdef, setting.reference, setting.reference, out.tokens, out.prompt_lens, out.response_mask)
     assert float(jnp.max(jnp.abs(zero))) == 0.0

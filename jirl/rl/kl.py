@@ -104,6 +104,24 @@ def full_kl_terms(logits: jax.Array, ref_logits: jax.Array, temperature: float =
     return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
+def response_kl(graphdef, params, ref_params, tokens, prompt_lens, mask, temperature: float = 1.0) -> jax.Array:
+    """Per-sequence KL(pi || pi_ref) estimate ``[B]`` of sampled responses: the exact next-token
+    KL (``full_kl_terms``) summed over each response's visited states, by the chain rule
+
+        KL(pi || pi_ref) = E_{y ~ pi} sum_t KL(pi(. | s_t) || pi_ref(. | s_t))
+
+    (Cover & Thomas 2006, eq. 2.67). ``tokens [B, L]`` are left-aligned prompt + response
+    buffers, ``mask [B, T]`` marks response steps; both models are the split ``graphdef`` with
+    ``params`` / ``ref_params``. Unbiased like the summed log-ratio ``k1``, never negative, and
+    with each step's action noise integrated out.
+    """
+    from jirl.models.scoring import gather_response, logits_fn
+
+    horizon = mask.shape[1]
+    step_logits = [gather_response(logits_fn(graphdef, p)(tokens), prompt_lens, horizon, shift=-1) for p in (params, ref_params)]
+    return jnp.sum(jnp.where(mask, full_kl_terms(*step_logits, temperature), 0.0), axis=1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the penalty goes
 # ---------------------------------------------------------------------------------------------
