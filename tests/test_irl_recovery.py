@@ -16,14 +16,16 @@ def test_unknown_method_or_task_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_afd_iq_learn_and_airl_recover_the_expert_on_two_tasks(tmp_path):
+def test_afd_and_iq_learn_recover_the_expert_on_two_tasks(tmp_path):
+    # AIRL's recovery (reward correlation >= 0.9 on bigram) is tested in tests/irl/test_adversarial.py;
+    # leaving it out here halves this test's share of the CI budget.
     out = tmp_path / "run"
-    settings = ["tasks=bigram,gold_rm", "methods=afd_init_demo,iq_learn,airl", "sft_steps=50", "settings.airl.iterations=150"]
+    settings = ["tasks=bigram,gold_rm", "methods=afd_init_demo,iq_learn", "sft_steps=50"]
     assert main(["run", "irl_recovery", "--out", str(out), "--set", *settings]) == 0
     methods = json.loads((out / "results.json").read_text())["methods"]
     for method, per_task in methods.items():
         for task, result in per_task.items():
             assert result["gold_reward_fraction"] >= 0.9, (method, task, result)
             assert result["kl_to_expert"] < 0.2, (method, task, result)
-    assert methods["airl"]["bigram"]["reward_correlation"] >= 0.9
+    assert set(methods) == {"afd_init_demo", "iq_learn"}
     assert (out / "irl_recovery.png").stat().st_size > 10_000
