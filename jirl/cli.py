@@ -14,8 +14,8 @@ import importlib.util
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -117,14 +117,16 @@ def load_plugins(specs: Sequence[str]) -> list[str]:
     return list(specs)
 
 
-def registries() -> dict[str, "object"]:
+def registries() -> dict[str, object]:
     """The registries users extend, by title: tasks, preference losses, objectives, reward-model
     losses, advantage estimators, policy losses, credit schemes and IRL methods (importing the
     modules that fill them)."""
-    import jirl.preference.objective  # noqa: F401  (copies the paired preference losses into OBJECTIVES)
-    import jirl.irl.adversarial  # noqa: F401  (registers the airl and gail objectives)
-    import jirl.irl.iq_learn  # noqa: F401  (registers the iq_learn objective)
-    import jirl.train.sft  # noqa: F401  (registers the sft objective)
+    # Imported for what they register in OBJECTIVES: airl, gail, iq_learn, the paired preference
+    # losses (copied from PREFERENCE_LOSSES) and sft.
+    import jirl.irl.adversarial
+    import jirl.irl.iq_learn
+    import jirl.preference.objective
+    import jirl.train.sft  # noqa: F401
     from jirl.credit.schemes import CREDIT_SCHEMES
     from jirl.irl.methods import IRL_METHODS
     from jirl.mdp.tasks import TASKS

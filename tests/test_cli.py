@@ -224,3 +224,112 @@ def test_console_script_reports_user_errors_without_traceback(tmp_path):
     assert completed.returncode == 2
     assert completed.stderr.startswith("error: unknown experiment")
     assert "Traceback" not in completed.stderr
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+PLUGIN_SOURCE = '''
+import jax.numpy as jnp
+from jirl.rl.advantages import ADVANTAGES
+
+
+@ADVANTAGES.register("{name}")
+def constant_advantage(rewards, mask, **unused):
+    return jnp.where(mask, 1.0, 0.0)
+'''
+
+
+def write_plugin(folder: Path, file_name: str, source: str) -> Path:
+    path = folder / file_name
+    path.write_text(source)
+    return path
+
+
+def test_plugin_file_registers_before_list_and_is_marked(tmp_path, capsys, monkeypatch):
+    from jirl.rl.advantages import ADVANTAGES
+
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping of the registry table
+    path = write_plugin(tmp_path, "my_advantage.py", PLUGIN_SOURCE.format(name="_test_plugin_advantage"))
+    code, stdout, stderr = run_cli(capsys, "--plugin", str(path), "list")
+    assert code == 0, stderr
+    assert "_test_plugin_advantage" in ADVANTAGES
+    assert "_test_plugin_advantage (plugin)" in stdout
+    for title in ("tasks", "preference losses", "advantage estimators", "credit schemes", "IRL methods"):
+        assert title in stdout
+    assert "rloo (plugin)" not in stdout and "rloo" in stdout  # built-in names are not marked
+    # Importing the same file again (here through the sub-command's option) registers nothing twice.
+    code, _, stderr = run_cli(capsys, "list", "--plugin", str(path))
+    assert code == 0, stderr
+
+
+def test_plugins_from_the_environment_by_module_name(tmp_path, capsys, monkeypatch):
+    from jirl.rl.advantages import ADVANTAGES
+
+    write_plugin(tmp_path, "jirl_test_env_plugin.py", PLUGIN_SOURCE.format(name="_test_env_advantage"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("JIRL_PLUGINS", " jirl_test_env_plugin , ")
+    code, _, stderr = run_cli(capsys, "show", ECHO)
+    assert code == 0, stderr
+    assert "_test_env_advantage" in ADVANTAGES
+
+
+def test_plugin_can_register_an_experiment_that_run_finds(tmp_path, capsys):
+    source = '''
+import dataclasses
+from jirl.experiment import register_experiment
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    value: float = 1.5
+
+
+@register_experiment("_test_plugin_experiment", config=Config)
+def run(config, run):
+    """An experiment from a plugin."""
+    return {"doubled": 2 * config.value}
+'''
+    path = write_plugin(tmp_path, "plugin_experiment.py", source)
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(capsys, "run", "_test_plugin_experiment", "--plugin", str(path), "--set", "value=2", "--out", str(out))
+    assert code == 0, stderr
+    assert read_json(out / "results.json") == {"doubled": 4.0}
+
+
+def test_missing_plugin_file_is_a_user_error(tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "--plugin", str(tmp_path / "nowhere.py"), "list")
+    assert code == 2
+    assert "plugin file" in stderr and "does not exist" in stderr
+
+
+def test_missing_plugin_module_is_a_user_error(capsys, monkeypatch):
+    monkeypatch.setenv("JIRL_PLUGINS", "jirl_no_such_plugin_module")
+    code, _, stderr = run_cli(capsys, "list")
+    assert code == 2
+    assert "plugin module 'jirl_no_such_plugin_module' not found" in stderr
+
+
+def test_broken_plugin_names_the_error_and_where(tmp_path, capsys):
+    path = write_plugin(tmp_path, "broken_plugin.py", "x = 1\nraise RuntimeError('half-written plugin')\n")
+    code, _, stderr = run_cli(capsys, "--plugin", str(path), "list")
+    assert code == 2
+    assert "failed while importing: RuntimeError: half-written plugin" in stderr
+    assert "broken_plugin.py:2" in stderr
+    assert "jirl_plugin_broken_plugin" not in sys.modules  # a later, fixed import starts afresh
+
+
+def test_plugin_importing_a_missing_dependency_is_reported_as_broken(tmp_path, capsys, monkeypatch):
+    write_plugin(tmp_path, "jirl_test_needs_dep.py", "import jirl_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, stderr = run_cli(capsys, "--plugin", "jirl_test_needs_dep", "list")
+    assert code == 2
+    assert "failed while importing: ModuleNotFoundError" in stderr and "jirl_no_such_dependency" in stderr
+
+
+def test_plugin_specs_order_env_then_options():
+    from jirl.cli import build_parser, plugin_specs
+
+    args = build_parser().parse_args(["--plugin", "a.py", "run", "x", "--plugin", "b"])
+    assert plugin_specs(args, environ={"JIRL_PLUGINS": "m1,, m2"}) == ["m1", "m2", "a.py", "b"]

@@ -152,6 +152,7 @@ def fit(
     elif manager.latest_step() is not None:
         raise JirlError(f"{manager.directory} already holds checkpoints; pass --resume to continue that run")
 
+    state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     start = int(state.step)
     logger = TrainLogger(run, total_steps=steps, start_step=start, progress=progress)
     compiled = {}  # one executable per batch shape (buckets), compile time logged apart
@@ -166,6 +167,9 @@ def fit(
                 logger.compiled(step + 1, time.perf_counter() - began)
             began = time.perf_counter()
             state, metrics = compiled[shapes](state, batch)
+            # The compiled step wants its input shardings back: XLA may lay the new state out
+            # otherwise (e.g. shard a small FSDP bias it was given replicated).
+            state = jax.device_put(state, state_shardings)
             metrics = to_floats(metrics)  # waits for the step to finish
             seconds = time.perf_counter() - began
             if metrics.pop("nonfinite"):
