@@ -288,13 +288,13 @@ def run(config: HHRLHFConfig, run: RunDir) -> dict:
     with Progress(*columns, console=run.console) as progress:
         bar = progress.add_task("RLOO", total=config.steps)
         for step in range(config.steps):
-            tick = time.perf_counter()
+            step_started = time.perf_counter()
             state, metrics = rl_iteration(jax.random.fold_in(jax.random.key(config.seed), step), prompts, graphdef, state, ref_params, step_fn, rl, reward_fn)
             if metrics.get("update/nonfinite"):
                 raise FloatingPointError(f"non-finite loss or gradient at step {step}; the adapters saved so far are kept")
             for name, key in (("score", "reward"), ("kl", "kl_to_reference"), ("length", "response_length")):
                 curves[name].append(metrics[key])
-            curves["seconds"].append(time.perf_counter() - tick)
+            curves["seconds"].append(time.perf_counter() - step_started)
             run.log(step, **metrics)
             progress.update(bar, advance=1, description=f"RLOO score {metrics['reward']:+.2f} KL {metrics['kl_to_reference']:.2f}")
 
