@@ -1,7 +1,7 @@
 """``jirl run hh_rlhf``: RLHF of a real pretrained model against a reward model of HH-RLHF harmlessness.
 
     jirl run hh_rlhf                         # 2-core CPU default, under an hour
-    jirl run hh_rlhf --set steps=2           # smoke run
+    jirl run hh_rlhf --set steps=2 rm_pairs=150   # smoke run (the reward model from 150 pairs)
     jirl run hh_rlhf --set preset=gpu        # a GPU-sized run (see GPU_PRESET)
 
 The pieces, each from elsewhere in jirl:
@@ -87,6 +87,7 @@ class HHRLHFConfig:
     temperature: float = 1.0
     kl_coef: float = 0.05  # beta: the KL leash
     learning_rate: float = 3e-4  # Adam on the adapters only
+    rm_pairs: int = 0  # use only the first N HH pairs for the reward model (0: all 1,843); smoke runs
     rm_steps: int = 400
     rm_learning_rate: float = 3e-3
     eval_prompts: int = 16  # held-out prompts scored before and after (sampled replies)
@@ -258,7 +259,10 @@ def run(config: HHRLHFConfig, run: RunDir) -> dict:
     manual_dir = Path(config.manual_dir) if config.manual_dir else SHARED_HH
     pairs, _ = read_hh_pairs(next(manual_dir / name for name in ("pairs.jsonl.gz", "pairs.jsonl") if (manual_dir / name).exists()))
     split = [assign_split(p.prompt, 0.2, 0) for p in pairs]  # the HHPreferences split (test_fraction 0.2, seed 0)
-    reward_model, rm_report = fit_reward_model(config, pairs, split, run)
+    if config.rm_pairs < 0:
+        raise ConfigError(f"rm_pairs must be >= 0 (0: all pairs), got {config.rm_pairs}")
+    rm_rows = slice(0, config.rm_pairs or None)
+    reward_model, rm_report = fit_reward_model(config, pairs[rm_rows], split[rm_rows], run)
     seconds["reward_model"], tick = time.perf_counter() - tick, time.perf_counter()
     run.console.print(f"reward model: held-out accuracy {rm_report['test_accuracy']:.3f} on {rm_report['test_pairs']} pairs")
 
