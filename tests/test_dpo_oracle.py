@@ -50,6 +50,7 @@ def offline_lines(out: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # resuming a killed run is checked by tests/train/test_resume.py (the same fit and checkpoints)
 def test_a_killed_dpo_oracle_run_resumes_to_the_same_results(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = lambda out, *extra: [sys.executable, "-m", "jirl.cli", "run", "dpo_oracle", "--out", str(out), "--set", *SMALL, *extra]  # noqa: E731

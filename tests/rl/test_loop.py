@@ -38,6 +38,7 @@ def test_reinforce_rloo_and_ppo_reach_the_optimum_on_sparse_sort(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # GRPO's convergence is checked on bigram by test_all_four_algorithms_reach_the_optimum_on_bigram
 def test_grpo_reaches_the_optimum_on_gold_rm(tmp_path):
     results, _ = run_oracle(
         tmp_path, "task.name=gold_rm", "task.args=num_chars=3,horizon=4", "iterations=600", "eval_every=300", "algorithms=grpo",
