@@ -29,7 +29,9 @@ def test_smoke_run_on_the_real_model(tmp_path):
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     rm = results["reward_model"]
-    assert rm["train_pairs"] + rm["test_pairs"] == 150 and 0 <= rm["test_accuracy"] <= 1
+    # The head was fitted (a 384-dim linear head separates 121 pairs; measured 1.0). Its held-out
+    # accuracy on ~30 pairs is too noisy to test here: the full run's 0.559 is in the README.
+    assert rm["train_pairs"] + rm["test_pairs"] == 150 and rm["train_accuracy"] > 0.9 and 0 <= rm["test_accuracy"] <= 1
     assert len(results["curves"]["score"]) == 2 and all(np.isfinite(results["curves"]["kl"]))
     # Before training the policy is the reference: the exact KL is zero; after, it is >= 0.
     assert results["before"]["kl"] == pytest.approx(0.0, abs=1e-5) and results["after"]["kl"] >= 0
