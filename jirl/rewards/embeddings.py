@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Callable, Literal
@@ -86,6 +87,12 @@ def cached_array(path: str | Path, compute: Callable[[], np.ndarray]) -> np.ndar
     return array
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_embed(graphdef, embed):
+    """One compiled encoder per graph, so repeated calls (an RL reward each step) reuse it."""
+    return jax.jit(lambda params, ids, mask: embed(graphdef, params, ids, mask))
+
+
 def embed_texts(texts, encoder=None, batch_size: int = 64, pad_to_multiple_of: int = 32) -> np.ndarray:
     """Sentence embeddings ``[N, d]`` (float32 NumPy, unit length) of ``texts`` from a BERT encoder.
 
@@ -102,7 +109,7 @@ def embed_texts(texts, encoder=None, batch_size: int = 64, pad_to_multiple_of: i
     if not texts:
         raise ValueError("embed_texts needs at least one text")
     graphdef, params, tokenizer = encoder if encoder is not None else load_minilm()[:3]
-    embed_chunk = jax.jit(lambda params, ids, mask: embed(graphdef, params, ids, mask))
+    embed_chunk = _jitted_embed(graphdef, embed)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), 0), np.float32)
     for first in range(0, len(texts), batch_size):
