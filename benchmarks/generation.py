@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import matmul_peak_flops, measure, memory_bandwidth, write_results  # noqa: E402
+from harness import forward_flops_per_token, matmul_peak_flops, measure, memory_bandwidth, write_results  # noqa: E402
 
 PROMPTS = (
     "What is the capital of France?",
@@ -48,18 +48,6 @@ def left_aligned(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
     for row, x in enumerate(ids):
         tokens[row, : len(x)] = x
     return tokens, np.array([len(x) for x in ids], np.int32)
-
-
-def flops_per_token(config, context: float) -> float:
-    """Forward FLOPs of one token: 2 x (matmul parameters incl. the LM head) + attention's
-    2 x 2 x layers x heads x head_dim x context (scores and the weighted sum)."""
-    d, layers, ff = config.d_model, config.num_layers, config.ff_dim
-    head_dim = config.dims_per_head
-    q = config.num_heads * head_dim
-    kv = config.kv_heads * head_dim
-    per_layer = d * q + 2 * d * kv + q * d + 3 * d * ff
-    matmul_params = layers * per_layer + d * config.vocab_size
-    return 2 * matmul_params + 4 * layers * q * context
 
 
 def weight_bytes(params) -> int:
@@ -136,7 +124,7 @@ def main(argv=None) -> dict:
         row = {"batch": batch, "jirl": bench_jirl(model, batch, args.new_tokens, args.repeats)}
         context = row["jirl"]["prompt_len_mean"] + args.new_tokens / 2
         tokens_per_s = row["jirl"]["rate"]
-        row["jirl"]["compute_roofline_fraction"] = flops_per_token(model.config, context) * tokens_per_s / peak
+        row["jirl"]["compute_roofline_fraction"] = forward_flops_per_token(model.config, context) * tokens_per_s / peak
         row["jirl"]["memory_roofline_fraction"] = (tokens_per_s / batch) * weight_bytes(model.params) / bandwidth
         if not args.no_peer:
             row["transformers"] = bench_transformers(batch, args.new_tokens, args.repeats)

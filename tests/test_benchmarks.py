@@ -46,3 +46,62 @@ def test_generation_smoke_on_the_real_model(tmp_path):
     row = json.loads(out.read_text())["rows"][0]
     assert row["batch"] == 2 and 0 < row["jirl"]["tokens_per_call"] <= 6
     assert 0 < row["jirl"]["compute_roofline_fraction"] < 1 and 0 < row["jirl"]["memory_roofline_fraction"]
+
+
+def test_forward_flops_count_every_matmul_parameter_of_the_model():
+    """The FLOP formula against a brute-force count: 2 x every kernel and embedding parameter
+    of a built model (the tied embedding doubles as the LM head), attention apart."""
+    import jax
+    from flax import nnx
+    from harness import forward_flops_per_token
+
+    from jirl.models.transformer import Transformer, TransformerConfig
+
+    for family in ("llama", "gpt2"):
+        config = TransformerConfig(vocab_size=96, family=family, d_model=32, num_layers=3, num_heads=4, max_len=16)
+        params = nnx.state(Transformer(config, rngs=nnx.Rngs(0)), nnx.Param)
+        counted = 0
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            name = jax.tree_util.keystr(path)
+            if "kernel" in name or ("embed" in name and "pos" not in name):
+                counted += leaf.size
+        assert forward_flops_per_token(config, context=0) == 2 * counted, family
+        assert forward_flops_per_token(config, context=10) - forward_flops_per_token(config, context=0) == 4 * 3 * 32 * 10
+
+
+@pytest.mark.slow
+def test_training_smoke(tmp_path):
+    import training
+
+    out = tmp_path / "training.json"
+    training.main(["--batch", "4", "--seq", "16", "--steps", "1", "--warmup", "1", "--no-peer", "--out", str(out)])
+    rows = {row["step"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"dpo", "grpo"}
+    assert all(0 < row["jirl"]["mfu"] < 1 and row["jirl"]["rate"] > 0 for row in rows.values())
+
+
+@pytest.mark.slow
+def test_profile_rl_smoke(tmp_path):
+    import profile_rl
+
+    out = tmp_path / "profile.json"
+    profile_rl.main(["--batch", "4", "--seq", "16", "--repeats", "1", "--trace", str(tmp_path / "trace"), "--out", str(out)])
+    phases = json.loads(out.read_text())["phases"]
+    assert set(phases) == {"sample", "score", "update"}
+    assert sum(p["fraction"] for p in phases.values()) == pytest.approx(1.0)
+    assert list((tmp_path / "trace").rglob("*.xplane.pb"))
+
+
+@pytest.mark.slow
+def test_devices_smoke_shows_sharded_runs_equal_one_device(tmp_path):
+    import subprocess
+
+    out = tmp_path / "devices.json"
+    subprocess.run(
+        [sys.executable, str(BENCHMARKS / "devices.py"), "--devices", "1", "2", "--steps", "2", "--repeats", "1",
+         "--batch", "4", "--seq", "16", "--out", str(out)],
+        check=True, capture_output=True, text=True,
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["devices"], r["mesh"]) for r in rows] == [(1, "data"), (2, "data"), (2, "fsdp")]
+    assert all(r["equal"] for r in rows)

@@ -35,6 +35,7 @@ def test_unknown_scheme_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the credit schemes through the RL loop are checked in tests/credit/test_schemes.py
 def test_small_study_writes_every_cell_with_five_seeds(tmp_path):
     out = tmp_path / "run"
     settings = [

@@ -28,6 +28,7 @@ def test_unknown_loss_and_too_many_pairs_are_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # DPO's exact minimiser and the losses are checked in tests/preference/test_exact.py
 def test_dpo_oracle_writes_every_study_and_more_pairs_bring_dpo_closer_to_the_optimum(tmp_path):
     out = tmp_path / "run"
     settings = ["losses=dpo,ipo,simpo", "pair_counts=64,2048", "num_pairs=2048", "online_iterations=40", "train.steps=300"]

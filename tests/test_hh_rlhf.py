@@ -21,6 +21,7 @@ def test_gpu_preset_changes_only_fields_left_at_their_defaults():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the real model's RL path runs in tests/test_examples.py::test_pretrained_lora_rl
 def test_smoke_run_on_the_real_model(tmp_path):
     out = tmp_path / "run"
     # The reward model learns from 150 pairs here (all 1,843 take two minutes to embed on CI).

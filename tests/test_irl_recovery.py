@@ -16,6 +16,7 @@ def test_unknown_method_or_task_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # AfD and IQ-Learn against their exact optima: tests/irl/test_afd.py, test_iq_learn.py
 def test_afd_and_iq_learn_recover_the_expert_on_two_tasks(tmp_path):
     # AIRL's recovery (reward correlation >= 0.9 on bigram) is tested in tests/irl/test_adversarial.py;
     # leaving it out here halves this test's share of the CI budget.

@@ -26,6 +26,7 @@ SMALL = [
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # its fits (tests/eval/test_scaling.py) and exact KL (below) are checked apart
 def test_small_study_writes_fits_curves_mitigations_and_plot(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "overoptimization", "--out", str(out), "--set", *SMALL]) == 0

@@ -10,6 +10,7 @@ from jirl.cli import main
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the reward-model losses are checked in tests/rewards/; the MiniLM path below
 def test_rm_noise_writes_the_table_and_noise_hurts(tmp_path):
     out = tmp_path / "run"
     args = ["run", "rm_noise", "--out", str(out), "--set", "num_seeds=2", "noise_levels=0,0.4",

@@ -444,8 +444,10 @@ def run_airl(bigram, level, iterations=200, num_demos=4096, seed=0):
 
 
 @pytest.mark.slow
-# The token-level run is heavy: its loss and gradient are checked against plain Python above.
-@pytest.mark.parametrize("level", ["sequence", pytest.param("token", marks=pytest.mark.heavy)])
+# Heavy: AIRL's reward recovery is checked against a fixed policy above, its loss and gradient
+# against plain Python.
+@pytest.mark.heavy
+@pytest.mark.parametrize("level", ["sequence", "token"])
 def test_airl_recovers_the_bigram_reward_and_imitates_the_expert(bigram, level):
     """AIRL from 4096 demos (200 iterations, about 65 s each on 2 CPU cores; numbers printed).
     Shaping-removed per-token correlation of g with the true reward: above 0.9 uniform over

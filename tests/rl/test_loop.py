@@ -29,6 +29,7 @@ def test_all_four_algorithms_reach_the_optimum_on_bigram(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the same algorithms reach the optimum on bigram in test_all_four_algorithms_reach_the_optimum_on_bigram
 def test_reinforce_rloo_and_ppo_reach_the_optimum_on_sparse_sort(tmp_path):
     results, _ = run_oracle(
         tmp_path, "task.name=sort", "task.args=num_digits=2,num_symbols=3", "iterations=300", "eval_every=150",

@@ -68,9 +68,10 @@ def test_a_run_killed_at_a_random_step_and_resumed_writes_identical_metrics(tmp_
 @pytest.mark.slow
 def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "quickstart", "--out", str(out), "--set", *SMALL[:1], "train.steps=8", *SMALL[1:]]) == 0
+    tiny = ["train.steps=4", "train.checkpoint_every=4", "train.eval_every=4", "num_demos=64", "rl_iterations=1", "settings.afd.steps=2"]
+    assert main(["run", "quickstart", "--out", str(out), "--set", *tiny]) == 0
     capsys.readouterr()
-    code = main(["run", "quickstart", "--out", str(out), "--resume", "--set", "train.steps=8", *SMALL[1:], "train.learning_rate=0.1", "seed=3"])
+    code = main(["run", "quickstart", "--out", str(out), "--resume", "--set", *tiny, "train.learning_rate=0.1", "seed=3"])
     err = capsys.readouterr().err
     assert code == 2
     assert "train.learning_rate" in err and "seed" in err and "train.steps" not in err
