@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
             for batch in batches:
                 state, metrics = step(state, batch)
                 losses.append(float(metrics["loss"]))
-                compile_s = time.perf_counter() - start if len(losses) == 1 else compile_s  # the first call compiles
+                if len(losses) == 1:
+                    compile_s = time.perf_counter() - start  # the first call compiles
             final = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
             holder = {"state": state}
 
