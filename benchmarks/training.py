@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,7 +124,9 @@ def text_of(rng, words: list[str], n: int) -> str:
     return "".join(" " + words[i] for i in rng.integers(0, len(words), n))
 
 
-def hf_model_and_tokenizer(seq: int):
+def hf_model_and_tokenizer(seq: int) -> tuple[str, object]:
+    """A randomly initialised ``LlamaForCausalLM`` of the benchmark's shape, saved to a folder
+    (returned) with SmolLM2's tokenizer."""
     import torch
     import transformers
 
@@ -140,7 +143,11 @@ def hf_model_and_tokenizer(seq: int):
         rms_norm_eps=1e-5, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return transformers.LlamaForCausalLM(config).float(), tokenizer
+    # TRL builds the reference model from a path, so the model goes through a folder, as a user's would.
+    folder = Path(tempfile.mkdtemp(prefix="jirl-bench-llama-"))
+    transformers.LlamaForCausalLM(config).float().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder), tokenizer
 
 
 class StepClock:
@@ -170,6 +177,9 @@ def common_trainer_args(steps: int, batch: int) -> dict:
         output_dir="/tmp/jirl-bench-trl", per_device_train_batch_size=batch, max_steps=steps, learning_rate=LEARNING_RATE,
         logging_steps=10**6, save_strategy="no", report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0,
         bf16=False, fp16=False, disable_tqdm=True,
+        # TRL 1.x turns gradient checkpointing on by default (recomputing activations in the
+        # backward pass); off, TRL is faster at this size, so the peer runs its fastest setting.
+        gradient_checkpointing=False,
     )
 
 
@@ -177,7 +187,7 @@ def bench_trl_dpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
     import datasets
     import trl
 
-    model, tokenizer = hf_model_and_tokenizer(seq)
+    model_path, tokenizer = hf_model_and_tokenizer(seq)
     words, rng = word_tokens(tokenizer), np.random.default_rng(0)
     prompt, response = seq // 2, seq - seq // 2
     # Responses are longer than needed: max_length cuts every sequence to exactly `seq` tokens.
@@ -187,7 +197,7 @@ def bench_trl_dpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
     ]
     config = trl.DPOConfig(beta=DPO_BETA, loss_type=["sigmoid"], max_length=seq, **common_trainer_args(steps + warmup, batch))
     clock = StepClock()
-    trainer = trl.DPOTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer, callbacks=[clock])
+    trainer = trl.DPOTrainer(model=model_path, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer, callbacks=[clock])
     lengths = [len(r["prompt_ids"]) + len(r["chosen_ids"]) for r in trainer.train_dataset.select(range(8))]
     if min(lengths) < seq:
         raise RuntimeError(f"TRL's sequences are shorter than {seq} tokens ({lengths}); the comparison would be unfair")
@@ -253,7 +263,7 @@ def bench_trl_grpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
     import datasets
     import trl
 
-    model, tokenizer = hf_model_and_tokenizer(seq)
+    model_path, tokenizer = hf_model_and_tokenizer(seq)
     words, rng = word_tokens(tokenizer), np.random.default_rng(0)
     prompt, horizon = seq // 2, seq - seq // 2
     rows = [{"prompt": text_of(rng, words, prompt)} for _ in range(64)]
@@ -270,7 +280,7 @@ def bench_trl_grpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
     )
     clock = StepClock()
     trainer = trl.GRPOTrainer(
-        model=model, reward_funcs=low_id_reward_trl, args=config, train_dataset=datasets.Dataset.from_list(rows),
+        model=model_path, reward_funcs=low_id_reward_trl, args=config, train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer, callbacks=[clock],
     )
     trainer.train()
