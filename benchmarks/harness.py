@@ -88,17 +88,17 @@ def memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return x.size * 4 / min(timing.seconds)
 
 
-def forward_flops_per_token(config, context: float) -> float:
+def forward_flops_per_token(config, context: float, head: bool = True) -> float:
     """Forward FLOPs of one token of a jirl ``TransformerConfig``: 2 x the matmul parameters
-    (including the LM head) plus attention's 2 x 2 x layers x heads x head_dim x context (the
-    scores and the weighted sum), PaLM's accounting (Chowdhery et al. 2022, appendix B). A
-    training token costs 3x this (forward and backward)."""
+    (including the LM head unless ``head=False``) plus attention's 2 x 2 x layers x heads x
+    head_dim x context (the scores and the weighted sum), PaLM's accounting (Chowdhery et al.
+    2022, appendix B). A training token costs 3x this (forward and backward)."""
     d, layers, ff = config.d_model, config.num_layers, config.ff_dim
     q = config.num_heads * config.dims_per_head
     kv = config.kv_heads * config.dims_per_head
     mlp = (3 if config.family == "llama" else 2) * d * ff
     per_layer = d * q + 2 * d * kv + q * d + mlp
-    return 2 * (layers * per_layer + d * config.vocab_size) + 4 * layers * q * context
+    return 2 * (layers * per_layer + (d * config.vocab_size if head else 0)) + 4 * layers * q * context
 
 
 def machine() -> dict[str, Any]:

@@ -12,10 +12,13 @@ architecture in both libraries: ``transformers.LlamaForCausalLM`` for TRL).
    one update with the KL in the loss (beta 0.04, k3). TRL: ``GRPOTrainer`` with the same
    settings and a Python reward; jirl: ``rl_iteration`` with ``advantage="grpo"``.
 
-Model-FLOPs utilisation is the model's FLOPs per step (PaLM's accounting, see
+Model-FLOPs utilisation is the FLOPs a step needs (PaLM's accounting, see
 ``harness.forward_flops_per_token``: a forward token costs F, a trained token 3F; DPO counts the
 policy's forward-backward and the reference's forward, GRPO also the sampled tokens) over the
-step time and the measured matmul peak (``harness.matmul_peak_flops``).
+step time and the measured matmul peak (``harness.matmul_peak_flops``). A step needs every layer
+at every token but the LM head (2 x d x vocab per token, three quarters of this model's FLOPs)
+only where a log-prob is read, i.e. at the response tokens; a library that also runs the head
+over the prompt does more work than counted, and the same count is used for both libraries.
 
 Times are step-to-step intervals: TRL's through a ``TrainerCallback`` at each ``on_step_end``
 (data loading, the step and its logging all inside, as a user would run it); jirl's around one
@@ -304,10 +307,12 @@ def main(argv=None) -> dict:
         parser.error(f"--batch must be a multiple of {GROUP} (GRPO's group size)")
 
     peak = matmul_peak_flops()
-    forward = forward_flops_per_token(jirl_config(args.seq), args.seq)
-    # Per step: DPO trains 2B sequences (3F per token) and scores them with the reference (F);
-    # GRPO samples B sequences (F), scores them with the reference (F) and trains on them (3F).
-    step_flops = {"dpo": 2 * args.batch * args.seq * 4 * forward, "grpo": args.batch * args.seq * 5 * forward}
+    config, response = jirl_config(args.seq), args.seq - args.seq // 2
+    # One sequence's forward: every layer at all tokens, the LM head at the response tokens.
+    forward = args.seq * forward_flops_per_token(config, args.seq, head=False) + response * 2 * config.d_model * config.vocab_size
+    # Per step: DPO trains 2B sequences (3 forwards' worth each) and scores them with the
+    # reference (1); GRPO samples B sequences (1), scores them with the reference (1) and trains (3).
+    step_flops = {"dpo": 2 * args.batch * 4 * forward, "grpo": args.batch * 5 * forward}
     contenders = {"dpo": (bench_jirl_dpo, bench_trl_dpo), "grpo": (bench_jirl_grpo, bench_trl_grpo)}
     rows = []
     for name in args.only:

@@ -47,6 +47,7 @@ def test_every_example_has_a_tutorial_and_an_index_entry():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the tutorial's full run (~1 min in CI, over the time budget); its loss and the checks the tutorial relies on run in test_new_objective_loss_checks_catch_a_wrong_loss
 def test_new_objective(tmp_path):
     stdout = run_example("new_objective", tmp_path=tmp_path)
     assert "chipo (plugin)" in stdout and "OK: chiPO" in stdout
@@ -65,6 +66,7 @@ def test_new_objective_loss_checks_catch_a_wrong_loss():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the tutorial's full run (~1 min in CI, over the time budget); a full RLOO run on the new task; RLOO's convergence is checked on bigram by tests/rl/test_loop.py
 def test_new_task(tmp_path):
     stdout = run_example("new_task", tmp_path=tmp_path)
     assert "OK: RLOO closed" in stdout

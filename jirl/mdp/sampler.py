@@ -21,7 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+from flax import nnx, struct
 
 from jirl.checks import check_lengths, check_token_ids
 from jirl.models.scoring import response_mask, token_log_probs
@@ -83,12 +83,24 @@ def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.
     return logits
 
 
+def sample_from_logits(key, logits: jax.Array) -> jax.Array:
+    """One draw per row of ``softmax(logits)`` (``[..., vocab]`` -> ``[...]``) by inverting the
+    cumulative distribution: the first index whose cumulative probability exceeds ``u * total``,
+    ``u ~ U[0, 1)``. One uniform per row instead of ``jax.random.categorical``'s Gumbel noise per
+    vocabulary entry: at SmolLM2's 49k vocabulary on a CPU that is 4 ms instead of 22 ms per
+    decoding step of 16 rows. Entries at ``-inf`` (filtered out) have zero mass and are never drawn.
+    """
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+    u = jax.random.uniform(key, logits.shape[:-1] + (1,), cdf.dtype) * cdf[..., -1:]
+    return jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1)
+
+
 def choose_tokens(key, logits, config: SamplingConfig):
     """Next token ids ``[batch]`` from ``logits [batch, vocab]``."""
     if config.greedy:
         return jnp.argmax(logits, axis=-1)
     filtered = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-    return jax.random.categorical(key, filtered, axis=-1)
+    return sample_from_logits(key, filtered)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -99,8 +111,9 @@ def _generate(graphdef, params, prompt_tokens, prompt_lens, key, config: Samplin
     cache = KVCache.zeros(model_config, batch, width + horizon)
     rows = jnp.arange(batch)
 
-    prefill = forward(graphdef, params, prompt_tokens, None, cache)
-    first_logits = prefill.logits[rows, prompt_lens - 1]
+    model = nnx.merge(graphdef, params)
+    prefill = model(prompt_tokens, None, cache)
+    first_logits = model.head(prefill.hidden[rows, prompt_lens - 1])  # the head at each prompt's last token only
 
     def cond(carry):
         t, _, _, _, _, _, done = carry

@@ -14,15 +14,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jirl.models.transformer import forward
 
 
 def token_log_probs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
     """``log softmax(logits / temperature)[target]``; logits ``[..., vocab]``, targets ``[...]``."""
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 -> f32, f64 stays
-    log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
-    return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) / temperature  # bf16 -> f32, f64 stays
+    # logit[target] - logsumexp(logits): the same value as gathering from log_softmax, without
+    # writing a [..., vocab] log-prob array (the largest tensor of a small model's step).
+    chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 def response_mask(response_lens: jax.Array, horizon: int) -> jax.Array:
@@ -48,10 +51,11 @@ def response_log_probs(
     Entry ``t`` is ``log pi(tokens[p + t] | tokens[:p + t])``; entries past a response's end
     are meaningless and must be masked with ``response_mask``.
     """
-    logits = forward(graphdef, params, tokens).logits
-    step_logits = gather_response(logits, prompt_lens, horizon, shift=-1)
+    model = nnx.merge(graphdef, params)
+    # The LM head runs on the response's hidden states only (see ``Transformer.head``).
+    step_hidden = gather_response(model(tokens).hidden, prompt_lens, horizon, shift=-1)
     targets = gather_response(tokens, prompt_lens, horizon)
-    return token_log_probs(step_logits, targets, temperature)
+    return token_log_probs(model.head(step_hidden), targets, temperature)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -159,12 +159,19 @@ def attention(q, k, v, query_positions, key_positions):
     b, tq, num_heads, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, tq, kv_heads, num_heads // kv_heads, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k)
-    scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32)) / jnp.sqrt(d)
     visible = key_positions[:, None, :] <= query_positions[:, :, None]  # [b, tq, tk]
+    if tq == 1:  # one decoding step: products and sums, which XLA's CPU backend runs faster than tiny batched dots
+        scores = jnp.sum(q[:, 0, None] * k[:, :, :, None, :], axis=-1)  # [b, tk, kv_heads, group]
+        scores = jnp.moveaxis(scores, 1, -1)[:, :, :, None, :]  # [b, kv_heads, group, 1, tk]
+    else:
+        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k)
+    scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32)) / jnp.sqrt(d)
     scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
+    if tq == 1:
+        out = jnp.sum(jnp.moveaxis(weights[:, :, :, 0], -1, 1)[..., None] * v[:, :, :, None, :], axis=1)[:, None]  # [b, 1, kv_heads, group, d]
+    else:
+        out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
     return out.reshape(b, tq, num_heads * d), weights.reshape(b, num_heads, tq, -1)
 
 
@@ -295,15 +302,22 @@ class Transformer(nnx.Module):
                 new_keys.append(layer_cache[0])
                 new_values.append(layer_cache[1])
         hidden = self.final_norm(x)
-        if self.config.tie_embeddings:
-            logits = self.embed.attend(hidden)
-        else:
-            logits = self.lm_head(hidden)
         new_cache = None if cache is None else KVCache(tuple(new_keys), tuple(new_values))
-        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
         return TransformerOutput(
-            logits=logits, hidden=hidden, cache=new_cache, attention=tuple(attention_weights) if return_attention else None
+            logits=self.head(hidden), hidden=hidden, cache=new_cache,
+            attention=tuple(attention_weights) if return_attention else None,
         )
+
+    def head(self, hidden: jax.Array) -> jax.Array:
+        """Logits ``[..., vocab]`` (float32 or wider) of final-normed hidden states.
+
+        Callers that need logits at a few positions only (a response, a prompt's last token)
+        gather ``hidden`` first and call this: under ``jit`` the unused full-width logits of
+        ``__call__`` are dropped, and the LM head -- most of a small model's FLOPs with a 49k
+        vocabulary -- runs only where it is read.
+        """
+        logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
 def forward(graphdef, params, tokens, positions=None, cache=None) -> TransformerOutput:

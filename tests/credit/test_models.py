@@ -1,6 +1,7 @@
 """What credit schemes read from models (jirl/credit/models.py): potentials on prefixes, a
 reward model's own attention for ABC, and clear errors for models that cannot provide them."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def reward_model(seed=0):
 
 def test_prefix_potentials_score_each_prefix_on_its_own():
     graphdef, params = reward_model()
-    model = nnx.merge(graphdef, params)
+    score_alone = jax.jit(lambda tokens, lengths: nnx.merge(graphdef, params)(tokens, lengths))  # one compile per prefix length
     phi = np.asarray(prefix_potentials(graphdef, params, TOKENS, PROMPT_LENS, HORIZON))
     assert phi.shape == (3, HORIZON + 1)
     for b in range(3):
@@ -32,7 +33,7 @@ def test_prefix_potentials_score_each_prefix_on_its_own():
             length = int(PROMPT_LENS[b]) + t  # state s_t: prompt + t response tokens
             if length > TOKENS.shape[1]:
                 continue
-            alone = float(model(TOKENS[b : b + 1, :length], jnp.array([length]))[0])
+            alone = float(score_alone(TOKENS[b : b + 1, :length], jnp.array([length]))[0])
             np.testing.assert_allclose(phi[b, t], alone, atol=1e-5)
 
 

@@ -43,6 +43,7 @@ def metric_lines(path: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # three quickstart processes (~200 s in CI); test_a_run_stopped_mid_way_and_resumed_... checks the same resume in-process
 def test_a_run_killed_at_a_random_step_and_resumed_writes_identical_metrics(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     straight = tmp_path / "straight"
@@ -94,6 +95,48 @@ def test_resume_with_a_saved_config_of_other_settings_lists_them(tmp_path, capsy
     (out / "config.json").write_text(json.dumps({"experiment": "quickstart", "config": {"seed": 7}}))
     assert main(["run", "quickstart", "--out", str(out), "--resume"]) == 2
     assert "differs from the saved run in" in capsys.readouterr().err
+
+
+class CrashingBatches:
+    """``PoisonedBatches`` (never poisoned) whose process dies when asked for batch ``crash_at``."""
+
+    def __init__(self, crash_at: int | None = None):
+        self.batches, self.crash_at = PoisonedBatches(poison_at=-1), crash_at
+
+    def __next__(self):
+        if self.batches.position + 1 == self.crash_at:
+            raise KeyboardInterrupt  # what fit sees of a killed run: nothing after this point
+        return next(self.batches)
+
+    def get_state(self):
+        return self.batches.get_state()
+
+    def set_state(self, state):
+        self.batches.set_state(state)
+
+
+def test_a_run_stopped_mid_way_and_resumed_writes_the_metrics_of_an_uninterrupted_run(tmp_path):
+    graphdef = nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))[0]
+    optimizer = optax.adam(1e-2)
+    step_fn = make_update_step(sft_loss(graphdef), optimizer)
+    train = TrainConfig(steps=12, checkpoint_every=4, eval_every=3)
+    evaluate = jax.jit(lambda state: {"param_norm": optax.tree.norm(state.params)})
+
+    def run(folder, batches, resume=False, init_seed=0):
+        state = init_train_state(nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(init_seed)))[1], optimizer, jax.random.key(init_seed))
+        return fit(RunDir(tmp_path / folder, console=None), step_fn, state, batches, config={"x": 1}, train=train,
+                   resume=resume, evaluate=evaluate, progress=False)
+
+    straight = run("straight", CrashingBatches())
+    crash_at = random.Random().randint(6, 11)  # after the step-4 checkpoint, before the end
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped", CrashingBatches(crash_at))
+    assert metric_lines(tmp_path / "stopped" / "metrics.jsonl") > 4  # steps past the checkpoint were logged
+    resumed = run("stopped", CrashingBatches(), resume=True, init_seed=1)  # other initial weights: all must come from the checkpoint
+
+    read = lambda folder: (tmp_path / folder / "metrics.jsonl").read_bytes()  # noqa: E731
+    assert read("stopped") == read("straight"), f"stopped before batch {crash_at}"
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, straight.params)
 
 
 class PoisonedBatches:
