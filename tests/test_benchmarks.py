@@ -92,6 +92,16 @@ def test_profile_rl_smoke(tmp_path):
     assert list((tmp_path / "trace").rglob("*.xplane.pb"))
 
 
+def test_profile_decode_smoke(tmp_path):
+    import profile_decode
+
+    out = tmp_path / "profile_decode.json"
+    profile_decode.main(["--tiny", "--batch", "2", "--prompt", "4", "--new-tokens", "2", "--repeats", "1", "--out", str(out)])
+    parts = json.loads(out.read_text())["milliseconds"]
+    assert set(parts) == {"step", "forward", "layer_matmuls", "lm_head", "attention", "sampling"}
+    assert all(ms > 0 for ms in parts.values())
+
+
 @pytest.mark.slow
 def test_devices_smoke_shows_sharded_runs_equal_one_device(tmp_path):
     import subprocess

@@ -159,19 +159,12 @@ def attention(q, k, v, query_positions, key_positions):
     b, tq, num_heads, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, tq, kv_heads, num_heads // kv_heads, d)
-    visible = key_positions[:, None, :] <= query_positions[:, :, None]  # [b, tq, tk]
-    if tq == 1:  # one decoding step: products and sums, which XLA's CPU backend runs faster than tiny batched dots
-        scores = jnp.sum(q[:, 0, None] * k[:, :, :, None, :], axis=-1)  # [b, tk, kv_heads, group]
-        scores = jnp.moveaxis(scores, 1, -1)[:, :, :, None, :]  # [b, kv_heads, group, 1, tk]
-    else:
-        scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k)
     scores = scores.astype(jnp.promote_types(scores.dtype, jnp.float32)) / jnp.sqrt(d)
+    visible = key_positions[:, None, :] <= query_positions[:, :, None]  # [b, tq, tk]
     scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    if tq == 1:
-        out = jnp.sum(jnp.moveaxis(weights[:, :, :, 0], -1, 1)[..., None] * v[:, :, :, None, :], axis=1)[:, None]  # [b, 1, kv_heads, group, d]
-    else:
-        out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", weights, v)
     return out.reshape(b, tq, num_heads * d), weights.reshape(b, num_heads, tq, -1)
 
 
