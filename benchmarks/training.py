@@ -290,6 +290,40 @@ def bench_trl_grpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
     return timing_of(clock.intervals, warmup).summary(batch * seq, "tokens/s")
 
 
+# --------------------------------------------------------------------------- where a DPO step goes
+
+
+def dpo_breakdown(batch: int, seq: int, repeats: int) -> dict:
+    """Milliseconds of the parts of jirl's DPO step on its ``2 x batch`` sequences, each jitted
+    apart: the transformer layers (forward; forward + backward) and the LM head with the
+    log-softmax normaliser over the vocabulary at the response tokens (forward; forward +
+    backward), with each part's FLOPs over its time."""
+    from jirl.models.transformer import forward
+
+    config = jirl_config(seq)
+    graphdef, params = jirl_params(config)
+    rows, response = 2 * batch, seq - seq // 2
+    tokens = jnp.asarray(np.random.default_rng(0).integers(1, VOCAB, (rows, seq)), jnp.int32)
+    hidden = jax.random.normal(jax.random.key(0), (rows, response, config.d_model))
+    embedding = nnx.merge(graphdef, params).embed.embedding[...]
+    trunk = lambda p, t: jnp.sum(forward(graphdef, p, t).hidden ** 2)  # noqa: E731
+    head = lambda h, e: jnp.sum(jax.nn.logsumexp(h @ e.T, axis=-1))  # noqa: E731
+    parts = {
+        "layers_forward": (jax.jit(trunk), (params, tokens), 1),
+        "layers_forward_backward": (jax.jit(jax.grad(trunk)), (params, tokens), 3),
+        "head_forward": (jax.jit(head), (hidden, embedding), 1),
+        "head_forward_backward": (jax.jit(jax.grad(head, argnums=(0, 1))), (hidden, embedding), 3),
+    }
+    layer_flops = rows * seq * forward_flops_per_token(config, seq, head=False)
+    head_flops = rows * response * 2 * config.d_model * config.vocab_size
+    result = {}
+    for name, (fn, args, passes) in parts.items():
+        median = measure(lambda: fn(*args), repeats=repeats, warmup=1, block=jax.block_until_ready).median
+        flops = passes * (layer_flops if name.startswith("layers") else head_flops)
+        result[name] = {"ms": 1e3 * median, "gflops_per_s": flops / median / 1e9}
+    return result
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -301,6 +335,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (compilation)")
     parser.add_argument("--only", choices=["dpo", "grpo"], nargs="+", default=["dpo", "grpo"])
     parser.add_argument("--no-peer", action="store_true", help="skip TRL (jirl only)")
+    parser.add_argument("--breakdown", action="store_true", help="also time the parts of jirl's DPO step (layers, LM head)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "training.json"))
     args = parser.parse_args(argv)
     if args.batch % GROUP:
@@ -326,8 +361,11 @@ def main(argv=None) -> dict:
         rows.append(row)
         peer_text = f"; TRL {row['trl']['rate']:.0f} tokens/s (MFU {row['trl']['mfu']:.1%}), x{row['speedup']:.2f}" if "speedup" in row else ""
         print(f"{name}: jirl {row['jirl']['rate']:.0f} tokens/s (MFU {row['jirl']['mfu']:.1%}, first steps {row['jirl']['first_call_s']:.1f} s){peer_text}", flush=True)
+    breakdown = dpo_breakdown(args.batch, args.seq, args.steps) if args.breakdown else None
+    for name, part in (breakdown or {}).items():
+        print(f"DPO step part {name}: {part['ms']:.0f} ms, {part['gflops_per_s']:.0f} GFLOP/s (peak {peak / 1e9:.0f})", flush=True)
     results = {
-        "benchmark": "training", "model": "llama 4 layers, d 256, 4 heads, ff 688, vocab 49152, float32",
+        "benchmark": "training", "dpo_breakdown": breakdown, "model": "llama 4 layers, d 256, 4 heads, ff 688, vocab 49152, float32",
         "batch": args.batch, "seq": args.seq, "matmul_peak_flops": peak, "rows": rows,
         "median_spread_note": "rate at the median step; rate_min/rate_max at the slowest/fastest step",
     }

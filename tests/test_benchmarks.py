@@ -74,10 +74,12 @@ def test_training_smoke(tmp_path):
     import training
 
     out = tmp_path / "training.json"
-    training.main(["--batch", "4", "--seq", "16", "--steps", "1", "--warmup", "1", "--no-peer", "--out", str(out)])
-    rows = {row["step"]: row for row in json.loads(out.read_text())["rows"]}
+    training.main(["--batch", "4", "--seq", "16", "--steps", "1", "--warmup", "1", "--no-peer", "--breakdown", "--out", str(out)])
+    results = json.loads(out.read_text())
+    rows = {row["step"]: row for row in results["rows"]}
     assert set(rows) == {"dpo", "grpo"}
     assert all(0 < row["jirl"]["mfu"] < 1 and row["jirl"]["rate"] > 0 for row in rows.values())
+    assert set(results["dpo_breakdown"]) == {"layers_forward", "layers_forward_backward", "head_forward", "head_forward_backward"}
 
 
 @pytest.mark.slow
