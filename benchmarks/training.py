@@ -6,7 +6,9 @@ architecture in both libraries: ``transformers.LlamaForCausalLM`` for TRL).
 
 1. **DPO step** (sigmoid loss, beta 0.1, AdamW): ``--batch`` pairs of prompt 128 + response 128
    tokens (sequence 256), the reference scored inside the step in both (TRL's default; jirl's
-   ``with_reference`` + ``POLICY_ONLY``). Tokens/s counts ``2 x batch x 256`` tokens per step.
+   ``with_reference`` + ``POLICY_ONLY``). jirl is told the response bound
+   (``preference_loss(..., response_horizon=128)``) so its LM head runs at the responses only;
+   TRL runs its default fused LM head. Tokens/s counts ``2 x batch x 256`` tokens per step.
 2. **GRPO iteration**: ``--batch`` responses (``--batch / 4`` prompts x 4) of 128 new tokens
    after 128-token prompts: sample, reward, reference log-probs, group-normalised advantages,
    one update with the KL in the loss (beta 0.04, k3). TRL: ``GRPOTrainer`` with the same
@@ -54,10 +56,12 @@ GROUP = 4  # GRPO responses per prompt
 DPO_BETA, GRPO_BETA, LEARNING_RATE = 0.1, 0.04, 1e-5
 
 
-def jirl_config(seq: int):
+def jirl_config(seq: int, dtype: str = "float32"):
     from jirl.models.transformer import TransformerConfig
 
-    return TransformerConfig(vocab_size=VOCAB, family="llama", d_model=256, num_layers=4, num_heads=4, max_len=seq, tie_embeddings=True)
+    return TransformerConfig(
+        vocab_size=VOCAB, family="llama", d_model=256, num_layers=4, num_heads=4, max_len=seq, tie_embeddings=True, dtype=dtype
+    )
 
 
 def jirl_params(config):
@@ -92,14 +96,17 @@ def pair_batches(rng, count: int, batch: int, prompt: int, response: int) -> lis
     ]
 
 
-def bench_jirl_dpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
+def bench_jirl_dpo(batch: int, seq: int, steps: int, warmup: int, dtype: str = "float32") -> dict:
+    """jirl's DPO step; ``dtype`` is the compute dtype (parameters stay float32)."""
     from jirl.preference.objective import POLICY_ONLY, preference_loss, with_reference
     from jirl.train.step import init_train_state, make_update_step
 
-    graphdef, params = jirl_params(jirl_config(seq))
+    graphdef, params = jirl_params(jirl_config(seq, dtype))
     optimizer = optax.adamw(LEARNING_RATE)
     state = init_train_state(with_reference(params, params), optimizer, jax.random.key(0), trainable=POLICY_ONLY)
-    step_fn = make_update_step(preference_loss(graphdef, "dpo", beta=DPO_BETA), optimizer)
+    # The data's response bound, so the LM head runs at the responses only (as the FLOPs count).
+    loss_fn = preference_loss(graphdef, "dpo", beta=DPO_BETA, response_horizon=seq - seq // 2)
+    step_fn = make_update_step(loss_fn, optimizer)
     batches = pair_batches(np.random.default_rng(0), 4, batch, seq // 2, seq - seq // 2)
     for b in batches:  # the pairs share their prompt, as check_pairs requires
         b["rejected"][:, : seq // 2] = b["chosen"][:, : seq // 2]
@@ -296,8 +303,9 @@ def bench_trl_grpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
 def dpo_breakdown(batch: int, seq: int, repeats: int) -> dict:
     """Milliseconds of the parts of jirl's DPO step on its ``2 x batch`` sequences, each jitted
     apart: the transformer layers (forward; forward + backward) and the LM head with the
-    log-softmax normaliser over the vocabulary at the response tokens (forward; forward +
-    backward), with each part's FLOPs over its time."""
+    log-softmax normaliser over the vocabulary at the response tokens, as the step computes it
+    (``head_log_probs``; forward; forward + backward), with each part's FLOPs over its time."""
+    from jirl.models.scoring import head_log_probs
     from jirl.models.transformer import forward
 
     config = jirl_config(seq)
@@ -307,7 +315,8 @@ def dpo_breakdown(batch: int, seq: int, repeats: int) -> dict:
     hidden = jax.random.normal(jax.random.key(0), (rows, response, config.d_model))
     embedding = nnx.merge(graphdef, params).embed.embedding[...]
     trunk = lambda p, t: jnp.sum(forward(graphdef, p, t).hidden ** 2)  # noqa: E731
-    head = lambda h, e: jnp.sum(jax.nn.logsumexp(h @ e.T, axis=-1))  # noqa: E731
+    targets = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (rows, response)), jnp.int32)
+    head = lambda h, e: jnp.sum(head_log_probs(h, e, targets))  # noqa: E731
     parts = {
         "layers_forward": (jax.jit(trunk), (params, tokens), 1),
         "layers_forward_backward": (jax.jit(jax.grad(trunk)), (params, tokens), 3),

@@ -117,3 +117,14 @@ def test_devices_smoke_shows_sharded_runs_equal_one_device(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(r["devices"], r["mesh"]) for r in rows] == [(1, "data"), (2, "data"), (2, "fsdp")]
     assert all(r["equal"] for r in rows)
+
+
+@pytest.mark.slow
+def test_dtypes_smoke(tmp_path):
+    import dtypes
+
+    out = tmp_path / "dtypes.json"
+    dtypes.main(["--small", "--repeats", "1", "--steps", "1", "--batch", "2", "--seq", "16", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results["dpo_step"]) == {"float32", "bfloat16", "bf16_speedup"}
+    assert all(row["float32"]["gflops_per_s"] > 0 and row["bf16_speedup"] > 0 for row in results["matmuls"].values())

@@ -312,6 +312,15 @@ class Transformer(nnx.Module):
         logits = self.embed.attend(hidden) if self.config.tie_embeddings else self.lm_head(hidden)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
+    def head_weight(self) -> jax.Array:
+        """The LM head as a ``[vocab, d_model]`` matrix in the compute dtype: ``head(h) = h @ W.T``.
+
+        For code that computes the head itself, e.g. ``scoring.head_log_probs``, which reads
+        log-probs without materialising ``[..., vocab]`` logits.
+        """
+        weight = self.embed.embedding[...] if self.config.tie_embeddings else self.lm_head.kernel[...].T
+        return weight.astype(self.config.compute_dtype)
+
 
 def forward(graphdef, params, tokens, positions=None, cache=None) -> TransformerOutput:
     """Pure functional call of a split model: ``nnx.merge(graphdef, params)(tokens, ...)``."""

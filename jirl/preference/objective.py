@@ -52,19 +52,25 @@ def split_reference(params):
     return params, None
 
 
-def sequence_log_prob_sums(graphdef, params, tokens, prompt_len, response_len) -> jax.Array:
-    """``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` of each buffer's response, ``[B]``."""
-    horizon = tokens.shape[1] - 1  # slots past a response are masked out
+def sequence_log_prob_sums(graphdef, params, tokens, prompt_len, response_len, horizon: int | None = None) -> jax.Array:
+    """``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` of each buffer's response, ``[B]``.
+
+    ``horizon`` (static): the response steps scored per buffer, at least the longest response.
+    The default, the buffer width - 1, fits any prompt length but runs the LM head at about
+    every slot; a known bound (``preference_loss(response_horizon=...)``) runs it at the
+    responses only.
+    """
+    horizon = tokens.shape[1] - 1 if horizon is None else min(horizon, tokens.shape[1] - 1)  # steps past a response are masked out
     log_probs = response_log_probs(graphdef, params, tokens, prompt_len, horizon)
     return jnp.sum(jnp.where(response_mask(response_len, horizon), log_probs, 0.0), axis=1)
 
 
-def pair_log_prob_sums(graphdef, params, batch) -> tuple[jax.Array, jax.Array]:
+def pair_log_prob_sums(graphdef, params, batch, horizon: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Chosen and rejected sums, scored in one forward pass over the stacked buffers."""
     tokens = jnp.concatenate([batch["chosen"], batch["rejected"]])
     prompt_len = jnp.concatenate([batch["prompt_len"], batch["prompt_len"]])
     lengths = jnp.concatenate([batch["chosen_len"], batch["rejected_len"]])
-    sums = sequence_log_prob_sums(graphdef, params, tokens, prompt_len, lengths)
+    sums = sequence_log_prob_sums(graphdef, params, tokens, prompt_len, lengths, horizon)
     return jnp.split(sums, 2)
 
 
@@ -111,11 +117,11 @@ def check_options(loss: str, fn, options: dict) -> None:
         raise ConfigError(f"preference loss {loss!r} has no option(s) {unknown}; its options are {sorted(named) or 'none'}")
 
 
-def _reference_sums(graphdef, reference, batch, loss: str):
+def _reference_sums(graphdef, reference, batch, loss: str, horizon: int | None = None):
     if "ref_chosen" in batch and "ref_rejected" in batch:
         return batch["ref_chosen"], batch["ref_rejected"]
     if reference is not None:
-        chosen, rejected = pair_log_prob_sums(graphdef, reference, batch)
+        chosen, rejected = pair_log_prob_sums(graphdef, reference, batch, horizon)
         return jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
     if loss in REFERENCE_FREE:
         zeros = jnp.zeros(batch["chosen"].shape[0])
@@ -132,7 +138,9 @@ def _weighted_mean(per_pair, batch) -> LossOutput:
     return LossOutput(total=jnp.sum(weight * per_pair), count=jnp.sum(weight))
 
 
-def preference_loss(graphdef, loss: str = "dpo", beta: float = 0.1, sft_weight: float = 0.0, **options):
+def preference_loss(
+    graphdef, loss: str = "dpo", beta: float = 0.1, sft_weight: float = 0.0, response_horizon: int | None = None, **options
+):
     """``loss_fn(params, batch, key)`` of a paired loss from ``PREFERENCE_LOSSES``:
 
         L = sum_b w_b [l(pi_theta; y+_b, y-_b) + sft_weight * NLL(y+_b) / |y+_b|] / sum_b w_b.
@@ -140,17 +148,25 @@ def preference_loss(graphdef, loss: str = "dpo", beta: float = 0.1, sft_weight: 
     ``sft_weight`` adds the per-token NLL of the chosen response (SLiC's regulariser; RPO).
     ORPO's own NLL term is always included (``chosen_nll_per_token``). Metrics: implicit
     reward accuracy and margin, ``beta (log pi/pi_ref)`` of chosen and rejected.
+
+    ``response_horizon``: the longest response any batch holds, if known (e.g. the data's
+    maximum response length). The LM head then runs at that many steps per buffer instead of
+    at every slot: half the head's work for a buffer half prompt, half response. A batch with
+    a longer response gets a NaN loss (training stops with ``NonFiniteLossError``) and the
+    metric ``responses_past_horizon`` counts them: nothing is truncated silently.
     """
     if loss in UNPAIRED_LOSS_NAMES:
         raise ValueError(f"{loss!r} is an unpaired loss; use kto_objective")
+    if response_horizon is not None and response_horizon < 1:
+        raise ConfigError(f"response_horizon must be >= 1 (or None for the buffer width), got {response_horizon}")
     pair_loss = PREFERENCE_LOSSES.get(loss)
     check_options(loss, pair_loss, options)
 
     def loss_fn(params, batch, key):
         del key
         policy, reference = split_reference(params)
-        policy_chosen, policy_rejected = pair_log_prob_sums(graphdef, policy, batch)
-        ref_chosen, ref_rejected = _reference_sums(graphdef, reference, batch, loss)
+        policy_chosen, policy_rejected = pair_log_prob_sums(graphdef, policy, batch, response_horizon)
+        ref_chosen, ref_rejected = _reference_sums(graphdef, reference, batch, loss, response_horizon)
         chosen_len = batch["chosen_len"].astype(policy_chosen.dtype)
         chosen_nll = -policy_chosen / jnp.maximum(chosen_len, 1.0)
         extra = {"chosen_nll_per_token": chosen_nll} if loss == "orpo" else {}
@@ -168,6 +184,10 @@ def preference_loss(graphdef, loss: str = "dpo", beta: float = 0.1, sft_weight: 
             "reward_chosen": jnp.mean(reward_chosen),
             "reward_rejected": jnp.mean(reward_rejected),
         }
+        if response_horizon is not None:
+            past = jnp.maximum(batch["chosen_len"], batch["rejected_len"]) > response_horizon
+            metrics["responses_past_horizon"] = jnp.sum(past)
+            per_pair = jnp.where(jnp.any(past), jnp.nan, per_pair)
         return _weighted_mean(per_pair, batch), metrics
 
     return loss_fn

@@ -175,9 +175,10 @@ def fit(
             if metrics.pop("nonfinite"):
                 last = manager.latest_step()
                 kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint had been written yet"
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
                 raise NonFiniteLossError(
-                    f"the loss or gradient became NaN/inf at step {step + 1}; training stopped and {kept}. "
-                    "Lower the learning rate, clip gradients harder or check the data."
+                    f"the loss or gradient became NaN/inf at step {step + 1} (metrics of that step: {shown}); "
+                    f"training stopped and {kept}. Lower the learning rate, clip gradients harder or check the data."
                 )
             logger.step(step + 1, metrics, seconds, tokens_in(host_batch))
             done = step + 1 == steps

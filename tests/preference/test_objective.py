@@ -76,6 +76,29 @@ def test_sequence_sums_match_a_token_loop():
         np.testing.assert_allclose(float(got[b]), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_response_horizon_changes_no_number_and_a_response_past_it_is_refused_not_truncated():
+    """``response_horizon`` = the longest response gives the default's loss and gradients (the
+    LM head just runs at fewer slots); a shorter one makes the loss NaN and counts the pairs."""
+    graphdef, policy, reference = models()
+    pairs = {k: jnp.asarray(v) for k, v in sampled_pairs().items()}
+    for key in ("chosen", "rejected"):  # right padding: wider buffers than prompt + longest response
+        pairs[key] = jnp.pad(pairs[key], ((0, 0), (0, 3)))
+    params = with_reference(policy, reference)
+    longest = int(max(pairs["chosen_len"].max(), pairs["rejected_len"].max()))
+    assert longest == TASK.horizon < pairs["chosen"].shape[1] - 1  # the default scores more slots than this
+    value_and_grad = lambda loss_fn: jax.jit(jax.value_and_grad(lambda p: loss_fn(p, pairs, None)[0].value))  # noqa: E731
+    default_loss, default_grads = value_and_grad(preference_loss(graphdef, "dpo", beta=BETA))(params)
+    bounded_loss, bounded_grads = value_and_grad(preference_loss(graphdef, "dpo", beta=BETA, response_horizon=longest))(params)
+    assert float(bounded_loss) == pytest.approx(float(default_loss), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), bounded_grads, default_grads)
+
+    out, metrics = preference_loss(graphdef, "dpo", beta=BETA, response_horizon=longest - 1)(params, pairs, None)
+    expected_past = int(np.sum(np.maximum(pairs["chosen_len"], pairs["rejected_len"]) > longest - 1))
+    assert np.isnan(float(out.value)) and int(metrics["responses_past_horizon"]) == expected_past > 0
+    with pytest.raises(ConfigError, match="response_horizon"):
+        preference_loss(graphdef, "dpo", response_horizon=0)
+
+
 def test_dpo_objective_is_the_mean_pair_loss_with_either_source_of_reference():
     graphdef, policy, reference = models()
     pairs = sampled_pairs()

@@ -176,7 +176,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_good_checkpoint(
     state = init_train_state(params, optimizer, jax.random.key(0))
     run = RunDir(tmp_path, console=None)
     train = TrainConfig(steps=20, checkpoint_every=5, eval_every=100)
-    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 7; .*last good checkpoint \(step 5\)"):
+    with pytest.raises(NonFiniteLossError, match=r"NaN/inf at step 7 \(metrics of that step: .*\); .*last good checkpoint \(step 5\)"):
         fit(run, make_update_step(loss_fn, optimizer), state, PoisonedBatches(poison_at=7),
             config={"x": 1}, train=train, progress=False)
     manager = CheckpointManager(tmp_path / "checkpoints")
