@@ -9,7 +9,7 @@ calls), so the parts can be compared with the whole step and with the machine's 
   with the model's real weight shapes (no attention, no norms): what the dense algebra costs at
   ``batch`` rows, and the rate it streams the weights at;
 - **LM head**: ``hidden @ embedding.T`` (49,152 x 576);
-- **attention**: ``transformer.attention`` of one query over the cache, times the layers;
+- **attention**: ``transformer.heads_major_attention`` of one query over the cache, times the layers;
 - **sampling**: ``choose_tokens`` (temperature 1) and ``token_log_probs`` on ``[batch, vocab]``.
 
 The memory floor is the weight bytes over the measured bandwidth (``harness.memory_bandwidth``):
@@ -57,7 +57,7 @@ def layer_matmuls(config):
 def main(argv=None) -> dict:
     from jirl.mdp.sampler import SamplingConfig, choose_tokens, generate
     from jirl.models.scoring import token_log_probs
-    from jirl.models.transformer import KVCache, Transformer, attention, forward, llama_tiny
+    from jirl.models.transformer import KVCache, Transformer, forward, heads_major_attention, llama_tiny
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     parts["step"] = median_ms(lambda: generate(graphdef, params, prompts, lens, jax.random.key(0), sampling).tokens, repeats=args.repeats) / args.new_tokens
 
     decode = jax.jit(lambda p, t, pos, cache: forward(graphdef, p, t, pos, cache), donate_argnums=3)
-    holder = {"cache": jax.tree_util.tree_map(jnp.copy, KVCache.zeros(config, b, width))}  # distinct buffers, donated each call
+    holder = {"cache": KVCache.zeros(config, b, width)}  # donated each call
     token, position = jnp.ones((b, 1), jnp.int32), jnp.full((b, 1), args.prompt, jnp.int32)
 
     def one_forward():
@@ -103,9 +103,9 @@ def main(argv=None) -> dict:
     parts["lm_head"] = median_ms(jax.jit(lambda h, e: h @ e.T), x, embedding, repeats=args.repeats)
 
     q = jnp.ones((b, 1, config.num_heads, config.dims_per_head), jnp.float32)
-    kv = jnp.ones((b, width, config.kv_heads, config.dims_per_head), jnp.float32)
+    kv = jnp.ones((b, config.kv_heads, width, config.dims_per_head), jnp.float32)  # the cache's layout
     slots = jnp.broadcast_to(jnp.arange(width), (b, width))
-    one_attention = jax.jit(lambda q, k, v: attention(q, k, v, position, slots)[0])
+    one_attention = jax.jit(lambda q, k, v: heads_major_attention(q, k, v, position, slots)[0])
     parts["attention"] = config.num_layers * median_ms(one_attention, q, kv, kv, repeats=args.repeats)
 
     logits = jax.random.normal(jax.random.key(1), (b, config.vocab_size))
