@@ -313,7 +313,7 @@ def dpo_breakdown(batch: int, seq: int, repeats: int) -> dict:
     rows, response = 2 * batch, seq - seq // 2
     tokens = jnp.asarray(np.random.default_rng(0).integers(1, VOCAB, (rows, seq)), jnp.int32)
     hidden = jax.random.normal(jax.random.key(0), (rows, response, config.d_model))
-    embedding = nnx.merge(graphdef, params).embed.embedding[...]
+    embedding = nnx.merge(graphdef, params).head_weight()  # the matrix the step's head uses
     trunk = lambda p, t: jnp.sum(forward(graphdef, p, t).hidden ** 2)  # noqa: E731
     targets = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (rows, response)), jnp.int32)
     head = lambda h, e: jnp.sum(head_log_probs(h, e, targets))  # noqa: E731
