@@ -11,7 +11,10 @@ import dataclasses
 import datetime
 import importlib
 import json
+import os
 import pkgutil
+import platform
+import subprocess
 import time
 import typing
 from pathlib import Path
@@ -174,11 +177,66 @@ def run_experiment(
     results, elapsed_seconds = timed_call(experiment, config, run)
     write_json_file(run.path / RESULTS_FILE, results)
     run_info = {"experiment": name, "overrides": list(overrides), "started_at": started_at,
-                "elapsed_seconds": elapsed_seconds, "resumed": resume}
+                "elapsed_seconds": elapsed_seconds, "resumed": resume,
+                "command": shell_command(name, run.path, overrides), **provenance()}
     write_json_file(run.path / RUN_INFO_FILE, run_info)
     summary = f"done in {elapsed_seconds:.1f}s; results in {run.path}"
     run.console.print(Text(summary), soft_wrap=True)
     return run.path, results
+
+
+def provenance() -> dict[str, Any]:
+    """Where a result came from: jirl's git commit (when run from a checkout; ``dirty`` when
+    tracked files had uncommitted changes), the library versions, the device and the host.
+    Recorded in ``run.json`` so a published number can be traced to the code that made it."""
+    import flax
+    import jax
+
+    import jirl
+
+    devices = jax.devices()
+    return {
+        "git_commit": git_commit(Path(jirl.__file__).resolve().parent.parent),
+        "versions": {"jirl": jirl.__version__, "jax": jax.__version__, "flax": flax.__version__,
+                     "python": platform.python_version()},
+        "device": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
+                   "cpu_count": os.cpu_count(), "cpu_model": cpu_model()},
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def shell_command(name: str, out: Path, overrides: Sequence[str]) -> str:
+    """The ``jirl run`` command line that reruns this experiment into ``out``."""
+    import shlex
+
+    words = ["jirl", "run", name, "--out", str(out)] + (["--set", *overrides] if overrides else [])
+    return " ".join(shlex.quote(str(word)) for word in words)
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(repo: Path) -> str | None:
+    """``HEAD``'s hash of the checkout at ``repo`` (``+dirty`` when tracked files differ from it),
+    or None outside a git checkout or without git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def check_resumable(name: str, config: Any, out_dir: Path | str | None) -> Path:
