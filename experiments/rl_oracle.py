@@ -7,9 +7,12 @@ pi*(y|x) ∝ pi_ref(y|x) exp(R(x,y)/beta). The oracle reports, over training,
     gap_fraction = (J(pi*) - J(pi)) / (J(pi*) - J(pi_ref)),   J = E[R] - beta KL(pi || pi_ref),
 
 and KL(pi || pi*). Algorithms: REINFORCE with a batch-mean baseline, RLOO (both plain policy
-gradient), GRPO (group-normalised advantages, PPO clipped loss, 2 epochs x 2 minibatches) and
-PPO (GAE with a separate critic, clipped policy and value losses, 2 epochs x 2 minibatches);
-``--set algorithms=remax,dr_grpo,reinforce_pp,gspo`` runs the other registered variants.
+gradient), GRPO as Shao et al. (2024) run it (group-normalised advantages, the k3 KL in the loss
+at their beta = 0.04, token mean per response: its target is *not* pi*_beta, and the study
+measures how far it lands), ``grpo_kl_in_reward`` (GRPO's advantage with the KL in the reward at
+beta, a variant) and PPO (GAE with a separate critic, clipped policy and value losses, 2 epochs
+x 2 minibatches); ``--set algorithms=remax,dr_grpo_kl_in_reward,reinforce_pp,gspo_kl_in_reward``
+runs the other recipes (``ALGORITHMS`` says which paper each follows and how it deviates).
 
     jirl run rl_oracle --set task.name=sort --set iterations=300
 """
@@ -34,18 +37,39 @@ from jirl.models.transformer import ModelSize
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 from jirl.train.step import init_train_state, make_update_step
 
+# Each name is one paper's recipe with that paper's defaults; a combination no paper runs gets a
+# name that says how it deviates. Unless a recipe sets its own ``kl_coef``, the KL to the
+# reference enters the reward (k1, per token) at the oracle's beta, as in InstructGPT-style RLHF,
+# so the recipe's target is exactly pi*_beta.
 ALGORITHMS = {
+    # Williams (1992) with a batch-mean baseline.
     "reinforce_baseline": dict(advantage="reinforce_baseline", policy_loss="pg"),
+    # Ahmadian et al. (2024): leave-one-out baseline, sequence-level, KL in the reward.
     "rloo": dict(advantage="rloo", policy_loss="pg"),
-    "grpo": dict(advantage="grpo", policy_loss="ppo", epochs=2, minibatches=2),
-    "ppo": dict(advantage="gae", policy_loss="ppo", epochs=2, minibatches=2, lam=0.95),  # with a critic
+    # Shao et al. (2024, DeepSeekMath, eq. 3 and sec. 4.2): group-normalised advantage, clipped
+    # ratio (eps 0.2), the k3 KL estimator *in the loss* at their beta = 0.04, token mean within
+    # each response then mean over responses, one policy update per batch of samples.
+    "grpo": dict(advantage="grpo", policy_loss="ppo", kl_in="loss", kl_estimator="k3", kl_coef=0.04,
+                 aggregation="sequence_mean", epochs=1, minibatches=1),
+    # GRPO's advantage with the KL in the reward at the oracle's beta (k1), summed over tokens,
+    # 2 epochs x 2 minibatches: not a published recipe (jirl's `grpo` before 2026-12).
+    "grpo_kl_in_reward": dict(advantage="grpo", policy_loss="ppo", epochs=2, minibatches=2),
+    # Schulman et al. (2017) with a GAE critic (lambda 0.95) and the KL in the reward (Ziegler et
+    # al. 2019; Ouyang et al. 2022).
+    "ppo": dict(advantage="gae", policy_loss="ppo", epochs=2, minibatches=2, lam=0.95),
     # Also available (not in the default list):
+    # Li et al. (2024): the greedy response's return as the baseline, KL in the reward.
     "remax": dict(advantage="remax", policy_loss="pg"),
-    "dr_grpo": dict(advantage="dr_grpo", policy_loss="ppo", epochs=2, minibatches=2),
+    # Dr. GRPO's advantage (Liu et al. 2025: no std normalisation, token sum) with the KL in the
+    # reward at the oracle's beta; Liu et al. train without a KL term.
+    "dr_grpo_kl_in_reward": dict(advantage="dr_grpo", policy_loss="ppo", epochs=2, minibatches=2),
+    # Hu (2025): per-token KL in the reward, batch-normalised returns-to-go, clipped ratio.
     "reinforce_pp": dict(advantage="reinforce_pp", policy_loss="ppo", epochs=2, minibatches=2),
-    "gspo": dict(advantage="grpo", policy_loss="gspo", epochs=2, minibatches=2),
+    # GSPO's sequence-level ratio (Zheng et al. 2025) on GRPO's advantage with the KL in the
+    # reward at the oracle's beta; Zheng et al. train without a KL term.
+    "gspo_kl_in_reward": dict(advantage="grpo", policy_loss="gspo", epochs=2, minibatches=2),
 }
-DEFAULT_ALGORITHMS = ("reinforce_baseline", "rloo", "grpo", "ppo")
+DEFAULT_ALGORITHMS = ("reinforce_baseline", "rloo", "grpo", "grpo_kl_in_reward", "ppo")
 CRITIC_ALGORITHMS = ("ppo",)
 
 
@@ -65,10 +89,8 @@ class RLOracleConfig:
 
 def train_algorithm(name: str, config, setting: ExactSetting, optimum, run: RunDir) -> list[dict]:
     task, graphdef, ref_params = setting.task, setting.graphdef, setting.reference
-    rl = RLConfig(
-        kl_coef=config.beta, prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size,
-        **ALGORITHMS[name],
-    )
+    recipe = {"kl_coef": config.beta} | ALGORITHMS[name]  # a recipe's own KL weight wins
+    rl = RLConfig(prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size, **recipe)
     updates = config.iterations * rl.epochs * rl.minibatches
     optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, updates, alpha=0.1))
     critic_graphdef, params = None, ref_params
@@ -107,13 +129,16 @@ def run(config: RLOracleConfig, run: RunDir) -> dict:
         raise ConfigError(f"unknown algorithm(s) {unknown}; choose from {sorted(ALGORITHMS)}")
     setting = ExactSetting.build(config.task, config.model, config.seed)
     optimum = setting.optimum(config.beta)
-    results = {"task": setting.task.name, "beta": config.beta, "algorithms": {}}
+    results = {"task": setting.task.name, "beta": config.beta, "seed": config.seed, "algorithms": {}}
     for name in config.algorithms:
         curve = train_algorithm(name, config, setting, optimum, run)
         final = curve[-1]
         results["algorithms"][name] = {
+            "recipe": {"kl_coef": config.beta} | ALGORITHMS[name],
             "gap_fraction": final["gap_fraction"],
             "kl_to_optimal": final["kl_to_optimal"],
+            "expected_reward": final["expected_reward"],
+            "kl_to_reference": final["kl_to_reference"],
             "steps": config.iterations,
             "curve": curve,
         }
@@ -125,10 +150,13 @@ def run(config: RLOracleConfig, run: RunDir) -> dict:
 
 def print_table(run: RunDir, results: dict) -> None:
     table = Table(title=f"RL vs the exact optimum on {results['task']!r} (beta = {results['beta']:g})")
-    for column in ("algorithm", "iterations", "gap fraction", "KL(π ‖ π*)"):
+    for column in ("algorithm", "iterations", "gap fraction", "KL(π ‖ π*)", "E[R]", "KL(π ‖ π_ref)"):
         table.add_column(column, justify="right")
     for name, r in results["algorithms"].items():
-        table.add_row(name, str(r["steps"]), f"{r['gap_fraction']:.4f}", f"{r['kl_to_optimal']:.4f}")
+        table.add_row(name, str(r["steps"]), f"{r['gap_fraction']:.4f}", f"{r['kl_to_optimal']:.4f}",
+                      f"{r['expected_reward']:.4f}", f"{r['kl_to_reference']:.4f}")
+    optimum = results["optimum"]
+    table.add_row("π* (exact)", "", "0", "0", f"{optimum['expected_reward']:.4f}", f"{optimum['kl_to_reference']:.4f}")
     run.console.print(table)
 
 

@@ -28,8 +28,9 @@ def test_unknown_loss_and_too_many_pairs_are_clear_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy  # DPO's exact minimiser and the losses are checked in tests/preference/test_exact.py
 def test_dpo_oracle_writes_every_study_and_more_pairs_bring_dpo_closer_to_the_optimum(tmp_path):
+    """Guards the results page's dpo_oracle findings at a smaller size: DPO's KL to pi* shrinks
+    with the number of pairs, and IPO moves less from the reference than pi* does."""
     out = tmp_path / "run"
     settings = ["losses=dpo,ipo,simpo", "pair_counts=64,2048", "num_pairs=2048", "online_iterations=40", "train.steps=300"]
     assert main(["run", "dpo_oracle", "--out", str(out), "--set", *settings]) == 0
@@ -41,6 +42,7 @@ def test_dpo_oracle_writes_every_study_and_more_pairs_bring_dpo_closer_to_the_op
     assert results["losses"]["dpo"]["kl_to_optimal"] < 0.25 * reference_kl
     small, large = results["data_curve"]
     assert large["kl_to_optimal"] < small["kl_to_optimal"], results["data_curve"]
+    assert results["losses"]["ipo"]["kl_to_reference"] < results["optimum"]["kl_to_reference"]
     online = results["online"]["curve"]
     assert online[-1]["gold_reward"] > online[0]["gold_reward"] + 0.3
     assert (out / "dpo_oracle.png").stat().st_size > 10_000

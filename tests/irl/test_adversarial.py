@@ -20,6 +20,7 @@ from jirl.models.transformer import Transformer, gpt2_tiny, llama_tiny
 from jirl.rl.loop import RLConfig
 from jirl.train.losses import OBJECTIVES
 from jirl.train.step import init_train_state, make_update_step
+from tests.convergence import iterate_to_convergence
 
 BETA = 0.5
 
@@ -313,18 +314,28 @@ def test_airl_against_a_fixed_uniform_policy_recovers_the_true_reward(bigram):
     """Sequence-level AIRL against the uniform policy, on the exact population objective: at
     the optimum sum_t f_t = log pi_E(y|x)/pi_ref(y|x) (Fu et al. 2018) = R(x,y)/beta - log Z(x),
     so g is the true reward / beta up to shaping; the loss reaches its minimum
-    log 2 - JSD(p_E, p_pi)."""
+    log 2 - JSD(p_E, p_pi). Adam runs until the loss stops improving (1e-5 over 100 steps), not
+    for a fixed number of steps: 200 steps sufficed on one CPU and not on another."""
     spec = bigram["spec"]
     policy_graphdef, policy_params = _policy(bigram["tiny"])
     ref = adv.uniform_reference(policy_graphdef, policy_params)
     batch = adv.exact_discriminator_batch(spec, bigram["expert"], bigram["uniform"], (policy_graphdef, ref, ref))
     graphdef, params = nnx.split(adv.AIRLDiscriminator(bigram["tiny"], rngs=nnx.Rngs(0)))
-    params, metrics = _train(graphdef, params, adv.airl_loss(graphdef, level="sequence"), batch, 200, 1e-2)
+    optimizer = optax.adam(1e-2)
+    update = make_update_step(adv.airl_loss(graphdef, level="sequence"), optimizer)
+
+    def step(state):
+        state, metrics = update(state, batch)
+        return state, metrics["loss"]
+
+    state, loss, steps = iterate_to_convergence(step, init_train_state(params, optimizer, jax.random.key(0)), tol=1e-5)
+    params = state.full_params
 
     p_e, p_u = np.split(np.asarray(batch["weight"], np.float64), 2)
     mid = (p_e + p_u) / 2
     jsd = 0.5 * np.sum(p_e * np.log(p_e / mid)) + 0.5 * np.sum(p_u * np.log(p_u / mid))
-    assert float(metrics["loss"]) == pytest.approx(np.log(2) - jsd, abs=2e-3)
+    print(f"fixed-policy AIRL converged in {steps} steps: loss {loss:.5f}, minimum {np.log(2) - jsd:.5f}")
+    assert loss == pytest.approx(np.log(2) - jsd, abs=2e-3)
 
     report = adv.recovery_report(spec, bigram["true"], graphdef, params, bigram["expert"])
     print("fixed-policy AIRL:", report)
@@ -444,10 +455,9 @@ def run_airl(bigram, level, iterations=200, num_demos=4096, seed=0):
 
 
 @pytest.mark.slow
-# Heavy: AIRL's reward recovery is checked against a fixed policy above, its loss and gradient
-# against plain Python.
-@pytest.mark.heavy
-@pytest.mark.parametrize("level", ["sequence", "token"])
+# The sequence level guards the results page's AIRL finding in the default run; the token level
+# is heavy (the same recovery, checked against a fixed policy above and against plain Python).
+@pytest.mark.parametrize("level", ["sequence", pytest.param("token", marks=pytest.mark.heavy)])
 def test_airl_recovers_the_bigram_reward_and_imitates_the_expert(bigram, level):
     """AIRL from 4096 demos (200 iterations, about 65 s each on 2 CPU cores; numbers printed).
     Shaping-removed per-token correlation of g with the true reward: above 0.9 uniform over
