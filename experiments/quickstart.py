@@ -62,6 +62,9 @@ class QuickstartConfig:
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
     rl_iterations: int = 150
     rl_learning_rate: float = 1e-3
+    # The pipeline also runs at seed + 1, ..., seed + seeds - 1 (data, initialisation and RL all
+    # reseeded; each in <run>/seeds/seed<N>), and the summary reports IRL − SFT over all of them.
+    seeds: int = 5
 
 
 def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
@@ -85,6 +88,41 @@ def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
 def run(config: QuickstartConfig, run: RunDir) -> dict:
     if config.irl != "none" and config.irl not in IRL_METHODS:  # before any training
         raise ConfigError(f"unknown irl method {config.irl!r}; choose from {sorted(IRL_METHODS.names())} or 'none'")
+    if config.seeds < 1:
+        raise ConfigError(f"seeds={config.seeds}: need at least 1")
+    results = run_pipeline(config, run)
+    if config.seeds > 1:
+        results["seeds"] = seed_study(config, run, results)
+    print_summary(run, results)
+    plot_training(run, results)
+    return results
+
+
+def seed_study(config: QuickstartConfig, run: RunDir, first: dict) -> dict:
+    """The pipeline again at ``seed + 1 ... seed + seeds - 1``, each in ``seeds/seed<N>``; the
+    gold rewards of SFT and (with IRL) the IRL policy per seed, and the IRL − SFT margin as mean
+    and sample std over all seeds."""
+    seeds = [config.seed + k for k in range(config.seeds)]
+    per_seed = [first]
+    for seed in seeds[1:]:
+        folder = run.path / "seeds" / f"seed{seed}"
+        folder.mkdir(parents=True, exist_ok=True)
+        run.console.print(f"quickstart: seed {seed} ({len(per_seed) + 1} of {len(seeds)}) in {folder}")
+        sub = RunDir(folder, console=run.console, resume=run.resume and (folder / "checkpoints").exists())
+        per_seed.append(run_pipeline(dataclasses.replace(config, seed=seed, data_dir=""), sub))
+    study = {"seeds": seeds, "sft_gold": [r["gold_reward"]["sft_policy"] for r in per_seed]}
+    if "irl" in first:
+        study["irl_gold"] = [r["irl"]["policy"]["gold_reward"] for r in per_seed]
+        margins = np.asarray(study["irl_gold"]) - np.asarray(study["sft_gold"])
+        study["irl_minus_sft"] = {
+            "mean": float(np.mean(margins)), "std": float(np.std(margins, ddof=1)) if len(margins) > 1 else 0.0,
+            "count": len(margins), "per_seed": margins.tolist(),
+        }
+    return study
+
+
+def run_pipeline(config: QuickstartConfig, run: RunDir) -> dict:
+    """Demonstrations -> SFT -> (IRL reward -> RL) at ``config.seed``, logging into ``run``."""
     task = build_task(config.task)
     spec = task.tree_spec()
     rewards = oracle.rewards_from_step_fn(spec, task.step_reward)
@@ -122,6 +160,7 @@ def run(config: QuickstartConfig, run: RunDir) -> dict:
     expert_reward = float(oracle.expected_reward(spec, expert.log_probs, rewards))
     results = {
         "task": task.name,
+        "seed": config.seed,
         "expert_beta": config.expert_beta,
         "num_demos": config.num_demos,
         "steps": config.train.steps,
@@ -136,8 +175,6 @@ def run(config: QuickstartConfig, run: RunDir) -> dict:
         check_demonstrations(demos, task.vocab_size, model_config.max_len)
         context = IRLContext(task, demos, graphdef, model_config, params, state.full_params, jax.random.key(config.seed + 1), spec)
         results["irl"] = run_irl(run, config, context, evaluate)
-    print_summary(run, results)
-    plot_training(run, results)
     return results
 
 
@@ -195,6 +232,13 @@ def print_summary(run: RunDir, results: dict) -> None:
             table.add_row("exact optimum of the learned reward", f"{best['gold_reward']:.4f}", f"{best['kl_expert_policy']:.4f}")
     table.add_row("untrained reference", f"{rewards['reference']:.4f}", f"{results['kl_expert_reference']:.4f}")
     run.console.print(table)
+    margin = results.get("seeds", {}).get("irl_minus_sft")
+    if margin:
+        verdict = "above" if margin["mean"] > 3 * margin["std"] else "NOT above"
+        run.console.print(
+            f"IRL − SFT gold reward over seeds {results['seeds']['seeds']}: {margin['mean']:+.4f} ± {margin['std']:.4f} "
+            f"(mean ± std); the margin is {verdict} 3 standard deviations."
+        )
 
 
 def plot_training(run: RunDir, results: dict) -> None:

@@ -60,3 +60,27 @@ def test_small_study_writes_every_cell_with_five_seeds(tmp_path):
         # Seeds really differ (vmapped over keys, not one run copied five times).
         assert np.std(results["gold_reward"]["terminal"][horizon]["per_seed"]) > 0
     assert (out / "credit_horizon.png").stat().st_size > 10_000
+
+
+def no_significant_drop(short: dict, long: dict) -> bool:
+    """The long-horizon mean is not below the short one by more than 2 standard errors of the
+    difference (seeds independent): the criterion the results page states."""
+    se = np.sqrt(np.var(short["per_seed"], ddof=1) / len(short["per_seed"]) + np.var(long["per_seed"], ddof=1) / len(long["per_seed"]))
+    return long["mean"] >= short["mean"] - 2 * se
+
+
+def test_no_significant_drop_is_the_two_standard_error_rule():
+    flat = {"mean": 0.5, "per_seed": [0.4, 0.5, 0.6, 0.5, 0.5]}
+    assert no_significant_drop(flat, {"mean": 0.45, "per_seed": [0.35, 0.45, 0.55, 0.45, 0.45]})
+    assert not no_significant_drop(flat, {"mean": 0.2, "per_seed": [0.19, 0.2, 0.21, 0.2, 0.2]})
+
+
+@pytest.mark.slow
+def test_terminal_credit_does_not_degrade_with_length_at_a_small_size(tmp_path):
+    """Guards the results page's credit_horizon finding at a smaller size: with only a terminal
+    reward, the final gold fraction at H = 32 shows no significant drop from H = 8."""
+    out = tmp_path / "run"
+    settings = ["horizons=8,32", "seeds=5", "iterations=30", "schemes=terminal", "model.d_model=16", "model.num_layers=1"]
+    assert main(["run", "credit_horizon", "--out", str(out), "--set", *settings]) == 0
+    cells = json.loads((out / "results.json").read_text())["gold_fraction"]["terminal"]
+    assert no_significant_drop(cells["8"], cells["32"]), cells

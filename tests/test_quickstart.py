@@ -5,20 +5,33 @@ import json
 import pytest
 
 from jirl.cli import main
+from tests.result_records import assert_numbers_match, read_record, record_overrides
 
 KL_THRESHOLD = 0.05  # nats; stated in the README
 
 
+def margin_tolerance(record: dict) -> float:
+    """How far a rerun's exact numbers may move from the record: a third of the seed-to-seed
+    spread of the IRL − SFT margin (a rerun here is bit-identical; on another CPU float rounding
+    takes training along another path, by much less than a reseed)."""
+    return max(record["seeds"]["irl_minus_sft"]["std"] / 3, 1e-3)
+
+
 @pytest.mark.slow
-def test_quickstart_sft_gets_close_to_the_expert_and_irl_beats_sft_on_gold_reward(tmp_path):
+def test_quickstart_rerun_matches_its_record(tmp_path):
+    """The main job at its published settings: every number in results/quickstart is reproduced
+    (to ``margin_tolerance``), and the run writes its files; SFT alone gets close to the expert."""
     out = tmp_path / "run"
-    assert main(["run", "quickstart", "--out", str(out)]) == 0
+    overrides = record_overrides("quickstart")
+    assert main(["run", "quickstart", "--out", str(out), *(["--set", *overrides] if overrides else [])]) == 0
     results = json.loads((out / "results.json").read_text())
+    record = read_record("quickstart")
+    assert_numbers_match(results, record, rtol=0.0, atol=margin_tolerance(record))
+
     assert results["kl_expert_policy"] < KL_THRESHOLD
     assert results["kl_expert_reference"] > 1.0  # the untrained policy is far from the expert
     rewards = results["gold_reward"]
     assert rewards["reference"] < rewards["sft_policy"] <= rewards["expert"] + 1e-3
-    assert rewards["sft_policy"] > 0.9 * rewards["expert"]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in lines if "loss" in row]
     assert len(losses) == results["steps"] and losses[-1] < losses[0]
@@ -27,12 +40,24 @@ def test_quickstart_sft_gets_close_to_the_expert_and_irl_beats_sft_on_gold_rewar
     assert any((out / "tensorboard").iterdir())
     assert sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())[-1] == results["steps"]
     assert (out / "training.png").stat().st_size > 10_000
-    # The IRL stage: RL against the AfD reward improves on SFT's gold reward (measured 6.228 vs 6.183).
     irl = results["irl"]
-    assert irl["method"] == "afd" and irl["policy"]["gold_reward"] > rewards["sft_policy"], irl
-    assert irl["reward_optimum"]["gold_reward"] > rewards["sft_policy"]
+    assert irl["method"] == "afd"
     assert len((out / "irl_metrics.jsonl").read_text().splitlines()) == irl["rl_iterations"]
     assert list((out / "data").rglob("*.array_record*"))
+    assert [p.name for p in sorted((out / "seeds").iterdir())] == [f"seed{s}" for s in results["seeds"]["seeds"][1:]]
+
+
+@pytest.mark.slow
+def test_irl_beats_sft_by_three_standard_deviations_at_other_seeds(tmp_path):
+    """Guards the results page's quickstart finding at seeds the README does not quote
+    (1000-1004): over 5 seeds the IRL policy's gold reward beats SFT's by more than 3 standard
+    deviations of the difference."""
+    out = tmp_path / "run"
+    assert main(["run", "quickstart", "--out", str(out), "--set", "seed=1000"]) == 0
+    study = json.loads((out / "results.json").read_text())["seeds"]
+    margin = study["irl_minus_sft"]
+    assert study["seeds"] == [1000, 1001, 1002, 1003, 1004] and margin["count"] == 5
+    assert margin["mean"] > 3 * margin["std"], study
 
 
 def test_an_unknown_irl_method_is_refused_before_training(tmp_path, capsys):

@@ -14,17 +14,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jirl.cli import main
+from tests.result_records import RESULTS, assert_numbers_match, record_overrides
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "results"
 
 
 def load_script():
@@ -88,28 +86,6 @@ def test_every_finding_names_a_test_that_exists():
 
 # ---------------------------------------------------------------------------------------------
 # Reruns at the published settings
-
-
-def record_overrides(folder: str) -> list[str]:
-    """The ``--set`` values of the command that wrote ``results/<folder>``."""
-    words = shlex.split(json.loads((RESULTS / folder / "run.json").read_text())["command"])
-    return words[words.index("--set") + 1 :] if "--set" in words else []
-
-
-def assert_numbers_match(fresh, committed, path="", rtol=1e-3, atol=1e-4):
-    """Every number in ``committed`` equals the one at the same place in ``fresh``, to tolerance."""
-    if isinstance(committed, dict):
-        assert isinstance(fresh, dict) and set(fresh) == set(committed), (path, sorted(fresh), sorted(committed))
-        for key in committed:
-            assert_numbers_match(fresh[key], committed[key], f"{path}.{key}", rtol, atol)
-    elif isinstance(committed, list):
-        assert isinstance(fresh, list) and len(fresh) == len(committed), path
-        for i, (a, b) in enumerate(zip(fresh, committed)):
-            assert_numbers_match(a, b, f"{path}[{i}]", rtol, atol)
-    elif isinstance(committed, float):
-        assert np.isclose(fresh, committed, rtol=rtol, atol=atol), f"{path}: rerun {fresh} vs record {committed}"
-    else:
-        assert fresh == committed, f"{path}: rerun {fresh!r} vs record {committed!r}"
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def test_numbers_on_the_page_are_the_files(page):
         cells = row(sort, name)
         assert float(cells[1]) == round(values["gap_fraction"], 4)
         assert float(cells[2]) == round(values["kl_to_optimal"], 4)
-        assert cells[3] == "300"
+        assert cells[5] == "300"
     # the command is rebuilt from run.json, overrides included
     assert "jirl run rl_oracle --out runs/rl_oracle_sort --set task.name=sort task.args=num_digits=2,num_symbols=3 iterations=300" in sort
     assert "Runtime: **1.9 min**" in sort
