@@ -3,14 +3,17 @@
 1. An expert pi_E = pi*_beta (the exact KL-regularised optimum of the task's gold reward over a
    uniform reference) writes ``num_demos`` demonstrations, stored as a TFDS ``array_record``
    dataset and read back through grain.
-2. A small GPT-2-family policy is trained on them by SFT (behaviour cloning) with the jit
-   update step, checkpointed with Orbax (``--resume`` continues exactly).
+2. A small GPT-2-family policy (one layer, d = 8: too small to represent the expert) is trained
+   on them by SFT (behaviour cloning) with the jit update step, checkpointed with Orbax
+   (``--resume`` continues exactly).
 3. A reward is learned from the demonstrations by an IRL method (``irl``, AfD by default;
    ``jirl.irl.methods.IRL_METHODS``), and the SFT policy is trained against it with RLOO and
    the KL to the method's reference at its beta (the setting whose optimum is the expert).
 4. The exact oracle scores every policy: gold reward and KL(pi_E || pi) for the expert, the
    SFT policy, the IRL policy, the exact optimum of the learned reward and the untrained
    reference, printed as a table and plotted.
+5. Steps 1-4 again at ``seed + 1 ... seed + seeds - 1``: the summary ends with the IRL − SFT
+   gold-reward margin over seeds and whether it exceeds 3 standard deviations.
 
     jirl run quickstart --set train.steps=500 --set task.name=gold_rm
     jirl run quickstart --set irl=afd --set settings.afd.variant=init_demo
@@ -51,10 +54,15 @@ class QuickstartConfig:
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     expert_beta: float = 0.5  # the expert is pi* at this beta over a uniform reference
     num_demos: int = 4096
-    # GPT-2 family by default: the expert's choices depend on the absolute step (the horizon is
-    # finite), which learned positions give directly; RoPE models see only relative positions
-    # and plateau higher (measured: KL 0.10 for llama vs 0.03 for gpt2 at the defaults).
-    model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2"))
+    # A deliberately small policy (one layer, d = 8), too small to represent the expert: behaviour
+    # cloning (forward KL, mass-covering) then spreads its mass over sequences the expert rarely
+    # writes, while RL against the learned AfD reward (whose optimum at beta = 1 from the SFT
+    # policy is the expert: reverse KL, mode-seeking) moves it onto the expert's high-reward
+    # sequences. That is where IRL beats behaviour cloning; with a larger policy (d = 64, 2
+    # layers) SFT is already close to the expert and the margin is within seed noise (measured
+    # +0.016 ± 0.064 over 5 seeds). GPT-2 family: the expert's choices depend on the absolute
+    # step, which learned positions give directly.
+    model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=8, num_layers=1, num_heads=2))
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=400, eval_every=50))
     data_dir: str = ""  # where the demonstrations dataset is written (default: <run>/data)
     irl: str = "afd"  # a name in jirl.irl.methods.IRL_METHODS; "none" stops after SFT

@@ -632,9 +632,6 @@ def findings_overoptimization(runs: dict) -> list[Finding]:
     r = runs["overoptimization"]
     falls = dig(r, "gold_falls_while_proxy_rises")
     falls = falls if isinstance(falls, dict) else {}
-    m = dig(r, "mitigations")
-    final = {k: dig(v, "final_gold") for k, v in m.items()} if isinstance(m, dict) else {}
-    plain, kl = final.get("plain"), final.get("kl_penalty")
     return [
         finding(
             "Over-optimisation appears under RL without a KL penalty: for at least one proxy the gold reward peaks and "
@@ -642,14 +639,7 @@ def findings_overoptimization(runs: dict) -> list[Finding]:
             f"Gold falls while the proxy rises for {sum(bool(v) for v in falls.values())} of {len(falls)} proxies "
             f"({', '.join(k for k, v in falls.items() if v) or 'none'}).",
             any(bool(v) for v in falls.values()),
-            "tests/test_overoptimization.py::test_small_study_writes_fits_curves_mitigations_and_plot",
-        ),
-        finding(
-            "A KL penalty keeps more gold reward at the end of the same RL budget than no penalty.",
-            "Final gold reward (relative to the initial policy) by mitigation: "
-            + ", ".join(f"{k} {num(v)}" for k, v in final.items()) + ".",
-            numbers(plain, kl) and kl > plain,
-            "tests/test_overoptimization.py::test_small_study_writes_fits_curves_mitigations_and_plot",
+            "tests/test_overoptimization.py::test_rl_overoptimises_the_smallest_proxy",
         ),
     ]
 

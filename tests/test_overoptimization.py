@@ -63,6 +63,20 @@ def test_small_study_writes_fits_curves_mitigations_and_plot(tmp_path):
     assert (out / "overoptimization.png").stat().st_size > 20_000
 
 
+@pytest.mark.slow
+def test_rl_overoptimises_the_smallest_proxy(tmp_path):
+    """Guards the results page's overoptimization finding: RL without a KL penalty against the
+    width-16 proxy trained on 250 pairs (the published run's settings for that proxy and its RL
+    budget; best-of-n and the evaluation cut down) ends with its gold reward fallen from its
+    peak while the proxy reward still rises."""
+    out = tmp_path / "run"
+    settings = ["proxy_sizes=16", "data_sizes=250", "bon_pool_per_prompt=256", "bon_max_n=64", "rl_eval_samples=256",
+                "mitigation_proxy=d16_n250", "ensemble_size=2"]
+    assert main(["run", "overoptimization", "--out", str(out), "--set", *settings]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["gold_falls_while_proxy_rises"]["d16_n250"], results["rl"]["d16_n250"]
+
+
 def test_unknown_mitigation_proxy_is_a_clear_error(tmp_path, capsys):
     args = ["run", "overoptimization", "--out", str(tmp_path / "run"), "--set", "mitigation_proxy=d99_n1"]
     assert main(args) == 2

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 SMALL = [
     "train.steps=40", "train.checkpoint_every=8", "train.eval_every=10", "num_demos=256", "train.batch_size=32",
     "rl_iterations=5", "settings.afd.steps=20",  # a short IRL stage: it reruns from its start on --resume
+    "seeds=1",
 ]
 
 
@@ -68,7 +69,7 @@ def test_a_run_killed_at_a_random_step_and_resumed_writes_identical_metrics(tmp_
 
 def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
-    tiny = ["train.steps=4", "train.checkpoint_every=4", "train.eval_every=4", "num_demos=64", "rl_iterations=1", "settings.afd.steps=2"]
+    tiny = ["train.steps=4", "train.checkpoint_every=4", "train.eval_every=4", "num_demos=64", "rl_iterations=1", "settings.afd.steps=2", "seeds=1"]
     # A run saves its config before training starts; the training itself is not needed here.
     monkeypatch.setattr("jirl.experiment.timed_call", lambda experiment, config, run: ({}, 0.0))
     assert main(["run", "quickstart", "--out", str(out), "--set", *tiny]) == 0
