@@ -683,11 +683,26 @@ HH_TEST = ("tests/test_hh_rlhf.py::test_smoke_run_on_the_real_model (heavy: the 
            "with LoRA is also run by tests/test_examples.py::test_pretrained_lora_rl)")
 
 
+def linear_trend(values: Any) -> tuple[float, float]:
+    """Least-squares slope of ``values`` against their index, and its standard error."""
+    if not isinstance(values, list) or len(values) < 3 or not all(is_number(v) for v in values):
+        return float("nan"), float("nan")
+    n = len(values)
+    x_mean, y_mean = (n - 1) / 2, sum(values) / n
+    sxx = sum((i - x_mean) ** 2 for i in range(n))
+    slope = sum((i - x_mean) * (y - y_mean) for i, y in enumerate(values)) / sxx
+    residual = sum((y - y_mean - slope * (i - x_mean)) ** 2 for i, y in enumerate(values))
+    return slope, math.sqrt(residual / (n - 2) / sxx)
+
+
 def findings_hh_rlhf(runs: dict) -> list[Finding]:
     r = runs["hh_rlhf"]
     b, a = dig(r, "before", "score"), dig(r, "after", "score")
     accuracy, pairs = dig(r, "reward_model", "test_accuracy"), dig(r, "reward_model", "test_pairs")
     se = math.sqrt(accuracy * (1 - accuracy) / pairs) if numbers(accuracy, pairs) and pairs > 0 else float("nan")
+    score_slope, score_se = linear_trend(dig(r, "curves", "score"))
+    kl_slope, kl_se = linear_trend(dig(r, "curves", "kl"))
+    steps = len(dig(r, "curves", "score")) if isinstance(dig(r, "curves", "score"), list) else 0
     return [
         finding(
             "The reward model reads harmlessness better than chance: its held-out pairwise accuracy is more than two "
@@ -696,11 +711,18 @@ def findings_hh_rlhf(runs: dict) -> list[Finding]:
             numbers(accuracy, se) and accuracy - 2 * se > 0.5, HH_TEST,
         ),
         finding(
-            "RLOO raises the reward model's score of sampled replies to held-out prompts (judged only by that reward "
-            "model; no human or gold evaluation).",
-            f"Score {num(b)} → {num(a)} (standardised units) at a final KL of {num(dig(r, 'after', 'kl'))} nats; reply "
-            f"length {num(dig(r, 'before', 'length'), 1)} → {num(dig(r, 'after', 'length'), 1)} tokens.",
-            numbers(a, b) and a > b, HH_TEST,
+            "Bai et al.'s rising reward is **not reproduced** at this CPU budget: RLOO moves the policy away from the "
+            "reference (the KL of the training batches rises by more than two standard errors per step) but the reward "
+            "model's score of those batches shows no trend (its slope is within two standard errors of zero). A reward "
+            "model this weak, and this few steps, give RL too little signal to follow; the run shows the pipeline works "
+            "on a real model and real data, not that it makes replies more harmless.",
+            f"Over {steps} steps: KL slope {num(kl_slope, 4)} ± {num(kl_se, 4)} nats/step, score slope "
+            f"{num(score_slope, 4)} ± {num(score_se, 4)} per step (least squares, ± one standard error). One sampled "
+            f"reply to each evaluation prompt (held out; `eval_prompts` in the run's config): score {num(b)} → {num(a)} at KL "
+            f"{num(dig(r, 'after', 'kl'))} nats; reply length {num(dig(r, 'before', 'length'), 1)} → "
+            f"{num(dig(r, 'after', 'length'), 1)} tokens.",
+            numbers(kl_slope, kl_se, score_slope, score_se) and kl_slope > 2 * kl_se and abs(score_slope) < 2 * score_se,
+            HH_TEST,
         ),
     ]
 
