@@ -814,7 +814,12 @@ SECTIONS: tuple[Section, ...] = (
     Section(
         "dpo_oracle", "Direct preference optimisation against the exact optimum",
         "DPO, cDPO, robust DPO, IPO, hinge, SLiC, SimPO, ORPO and KTO trained offline on BT-labelled pairs of `bigram`, "
-        "DPO's error against the number of pairs, and online DPO; KL(π ‖ π*), gold reward and KL(π ‖ π_ref) exactly.",
+        "DPO's error against the number of pairs, and online DPO; KL(π ‖ π*), gold reward and KL(π ‖ π_ref) exactly. "
+        "Every loss runs at the oracle's β (the study's one regularisation strength, so that all are measured against "
+        "the same π*; the papers' own β differ: DPO 0.1-0.5, SimPO 2-2.5, KTO 0.1) with its paper's other settings: "
+        "cDPO and robust DPO with label-flip rate ε = 0.1, IPO with τ = β on sequence sums, SLiC with δ = 1 plus an SFT "
+        "term of weight 0.1, SimPO with an absolute margin γ = 0.5 on per-token log-probs and no NLL term, ORPO with "
+        "λ = 0.1 plus the chosen response's per-token NLL, KTO with λ_D = λ_U = 1.",
         (RunSpec("dpo_oracle"),), "dpo_oracle.png",
         render_dpo_oracle, headline_dpo_oracle, findings_dpo_oracle,
         "Rafailov et al. (2023) show that DPO's population minimiser under BT preferences is the KL-regularised optimum "
