@@ -28,6 +28,8 @@ longer while ABC stays stable.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 import time
 
@@ -39,7 +41,7 @@ from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from jirl.config import ConfigError
+from jirl.config import ConfigError, at_least, each, finite, in_range, non_empty, non_negative, positive, probability, registered
 from jirl.credit.decomposition import decomposition_loss
 from jirl.credit.models import prefix_potentials, scores_and_attention, token_rewards
 from jirl.credit.prime import group_relative_labels, prime_loss
@@ -69,28 +71,28 @@ SCHEMES = {
 @dataclasses.dataclass
 class CreditHorizonConfig:
     seed: int = 0
-    horizons: tuple[int, ...] = (8, 16, 32, 64, 128)
-    schemes: tuple[str, ...] = tuple(SCHEMES)
-    seeds: int = 5  # RL runs per cell, vmapped in one program
-    num_chars: int = 4  # bigram alphabet size
+    horizons: Annotated[tuple[int, ...], non_empty, each(at_least(1))] = (8, 16, 32, 64, 128)
+    schemes: Annotated[tuple[str, ...], non_empty, each(registered(SCHEMES))] = tuple(SCHEMES)
+    seeds: Annotated[int, at_least(1)] = 5  # RL runs per cell, vmapped in one program
+    num_chars: Annotated[int, in_range(1, 26)] = 4  # bigram alphabet size
     task_seed: int = 0
-    iterations: int = 60  # a budget at which no scheme has converged yet (sample efficiency)
-    prompts_per_iteration: int = 4
-    group_size: int = 4
-    learning_rate: float = 1e-3
-    kl_coef: float = 0.0
+    iterations: Annotated[int, at_least(1)] = 60  # a budget at which no scheme has converged yet (sample efficiency)
+    prompts_per_iteration: Annotated[int, at_least(1)] = 4
+    group_size: Annotated[int, at_least(2)] = 4
+    learning_rate: Annotated[float, finite, positive] = 1e-3
+    kl_coef: Annotated[float, finite, non_negative] = 0.0
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
-    sft_steps: int = 150  # reference: SFT on random full-length strings
-    aux_samples: int = 1024  # reference responses the reward model and the DPO policy learn from
-    aux_steps: int = 200
-    abc_weight: float = 0.5
-    prime_beta: float = 1.0
-    prime_coef: float = 1.0
-    prime_learning_rate: float = 3e-3
-    rto_beta: float = 1.0
-    rto_clip: float = 1.0
-    decomposition_subset: int = 8
-    eval_samples: int = 256
+    sft_steps: Annotated[int, at_least(1)] = 150  # reference: SFT on random full-length strings
+    aux_samples: Annotated[int, at_least(2)] = 1024  # reference responses the reward model and the DPO policy learn from
+    aux_steps: Annotated[int, at_least(1)] = 200
+    abc_weight: Annotated[float, probability] = 0.5
+    prime_beta: Annotated[float, finite, positive] = 1.0
+    prime_coef: Annotated[float, finite, non_negative] = 1.0
+    prime_learning_rate: Annotated[float, finite, positive] = 3e-3
+    rto_beta: Annotated[float, finite, positive] = 1.0
+    rto_clip: Annotated[float, positive] = 1.0
+    decomposition_subset: Annotated[int, at_least(1)] = 8
+    eval_samples: Annotated[int, at_least(2)] = 256
 
 
 @dataclasses.dataclass

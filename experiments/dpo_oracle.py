@@ -17,6 +17,8 @@ pi*(y|x) ∝ pi_ref(y|x) exp(R(x,y)/beta), which the oracle computes exactly. Th
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 import json
 
@@ -24,7 +26,7 @@ import jax
 import numpy as np
 from rich.table import Table
 
-from jirl.config import ConfigError, config_to_dict
+from jirl.config import ConfigError, at_least, config_to_dict, each, finite, non_negative, positive, registered
 from jirl.data.builders import data_source, prepare
 from jirl.data.loader import batch_iterator
 from jirl.data.task_preferences import TaskPreferences
@@ -47,17 +49,21 @@ LOSS_OPTIONS = {"slic": {"sft_weight": 0.1}}  # SLiC-HF trains the calibration l
 class DPOOracleConfig:
     seed: int = 0
     task: TaskConfig = dataclasses.field(default_factory=lambda: TaskConfig("bigram", ("num_chars=3", "horizon=3")))
-    beta: float = 0.5  # DPO's beta, and the oracle's
-    losses: tuple[str, ...] = ("dpo", "cdpo", "robust_dpo", "ipo", "hinge", "slic", "simpo", "orpo", "kto")
-    num_pairs: int = 4096
-    pair_counts: tuple[int, ...] = (256, 1024, 4096)  # the data-size study (DPO); () skips it
-    online_iterations: int = 100  # 0 skips the online study
+    beta: Annotated[float, finite, positive] = 0.5  # DPO's beta, and the oracle's
+    losses: Annotated[tuple[str, ...], each(registered(PREFERENCE_LOSSES))] = ("dpo", "cdpo", "robust_dpo", "ipo", "hinge", "slic", "simpo", "orpo", "kto")
+    num_pairs: Annotated[int, at_least(1)] = 4096
+    pair_counts: Annotated[tuple[int, ...], each(at_least(1))] = (256, 1024, 4096)  # the data-size study (DPO); () skips it
+    online_iterations: Annotated[int, non_negative] = 100  # 0 skips the online study
     online: OnlineConfig = dataclasses.field(default_factory=OnlineConfig)
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(steps=300, batch_size=64, learning_rate=3e-3, eval_every=50)
     )
     data_dir: str = ""  # where the pairs dataset is written (default: <run>/data)
+
+    def validate(self) -> None:
+        if self.pair_counts and max(self.pair_counts) > self.num_pairs:
+            raise ConfigError(f"pair_counts {list(self.pair_counts)} must not exceed num_pairs={self.num_pairs}")
 
 
 def summary(exact: dict) -> dict:
@@ -115,13 +121,8 @@ def train_online(run: RunDir, task, graphdef, reference, evaluate, config) -> di
     return {**curve[-1], "iterations": config.online_iterations, "curve": curve}
 
 
-@register_experiment("dpo_oracle", config=DPOOracleConfig, description="DPO-family losses vs the exact optimum")
+@register_experiment("dpo_oracle", config=DPOOracleConfig, description="DPO-family losses vs the exact optimum", resumable=True)
 def run(config: DPOOracleConfig, run: RunDir) -> dict:
-    unknown = sorted(set(config.losses) - set(PREFERENCE_LOSSES.names()))
-    if unknown:
-        raise ConfigError(f"unknown loss(es) {unknown}; choose from {sorted(PREFERENCE_LOSSES.names())}")
-    if config.pair_counts and max(config.pair_counts) > config.num_pairs:
-        raise ConfigError(f"pair_counts {list(config.pair_counts)} must not exceed num_pairs={config.num_pairs}")
     setting = ExactSetting.build(config.task, config.model, config.seed)
     task, graphdef, reference = setting.task, setting.graphdef, setting.reference
     optimum = setting.optimum(config.beta)

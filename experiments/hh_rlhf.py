@@ -30,6 +30,8 @@ and after, and saves the trained adapters alone (an Orbax checkpoint under ``ada
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 import time
 from pathlib import Path
@@ -41,7 +43,8 @@ import optax
 from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jirl.config import ConfigError
+from jirl.models.pretrained import pretrained_model
+from jirl.config import ConfigError, at_least, finite, non_negative, positive, registered
 from jirl.data.preferences import assign_split, hh_last_human_turn, read_hh_pairs
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.sampler import SamplingConfig, generate
@@ -67,31 +70,31 @@ GPU_PRESET = {
 
 @dataclasses.dataclass
 class LoRASettings:
-    rank: int = 8
-    alpha: float = 16.0
+    rank: Annotated[int, at_least(1)] = 8
+    alpha: Annotated[float, finite, positive] = 16.0
     targets: tuple[str, ...] = ATTENTION
 
 
 @dataclasses.dataclass
 class HHRLHFConfig:
     seed: int = 0
-    preset: str = "cpu"  # "cpu" or "gpu" (GPU_PRESET)
-    model: str = "smollm2-135m-instruct"  # a preset name, a .gguf file or a Hugging Face folder
+    preset: Annotated[str, registered(('cpu', 'gpu'))] = "cpu"  # "cpu" or "gpu" (GPU_PRESET)
+    model: Annotated[str, pretrained_model] = "smollm2-135m-instruct"  # a preset name, a .gguf file or a Hugging Face folder
     manual_dir: str = ""  # folder with pairs.jsonl.gz (default: ../shared/data/hh-rlhf-harmless)
     lora: LoRASettings = dataclasses.field(default_factory=LoRASettings)
-    steps: int = 100
-    prompts_per_iteration: int = 4
-    group_size: int = 4  # RLOO needs >= 2 replies per prompt
-    max_new_tokens: int = 48
-    max_prompt_tokens: int = 64  # chat-formatted prompt tokens (SmolLM2's system line included)
-    temperature: float = 1.0
-    kl_coef: float = 0.05  # beta: the KL leash
-    learning_rate: float = 3e-4  # Adam on the adapters only
-    rm_pairs: int = 0  # use only the first N HH pairs for the reward model (0: all 1,843); smoke runs
-    rm_steps: int = 400
-    rm_learning_rate: float = 3e-3
-    eval_prompts: int = 16  # held-out prompts scored before and after (sampled replies)
-    show_samples: int = 3  # greedy replies printed before and after
+    steps: Annotated[int, at_least(1)] = 100
+    prompts_per_iteration: Annotated[int, at_least(1)] = 4
+    group_size: Annotated[int, at_least(2)] = 4  # RLOO needs >= 2 replies per prompt
+    max_new_tokens: Annotated[int, at_least(1)] = 48
+    max_prompt_tokens: Annotated[int, at_least(1)] = 64  # chat-formatted prompt tokens (SmolLM2's system line included)
+    temperature: Annotated[float, finite, positive] = 1.0
+    kl_coef: Annotated[float, finite, non_negative] = 0.05  # beta: the KL leash
+    learning_rate: Annotated[float, finite, positive] = 3e-4  # Adam on the adapters only
+    rm_pairs: Annotated[int, non_negative] = 0  # use only the first N HH pairs for the reward model (0: all 1,843); smoke runs
+    rm_steps: Annotated[int, at_least(1)] = 400
+    rm_learning_rate: Annotated[float, finite, positive] = 3e-3
+    eval_prompts: Annotated[int, at_least(1)] = 16  # held-out prompts scored before and after (sampled replies)
+    show_samples: Annotated[int, non_negative] = 3  # greedy replies printed before and after
 
 
 def apply_preset(config: HHRLHFConfig) -> HHRLHFConfig:

@@ -19,6 +19,8 @@ its discriminator carries no reward to re-optimise).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 
 import jax
@@ -27,7 +29,7 @@ import numpy as np
 from flax import nnx
 from rich.table import Table
 
-from jirl.config import ConfigError
+from jirl.config import ConfigError, at_least, each, finite, non_empty, positive, registered
 from jirl.experiment import RunDir, register_experiment
 from jirl.irl.methods import IRL_METHODS, IRLContext, IRLSettings, check_demonstrations, train_on_demonstrations
 from jirl.irl.recovery import shaping_removed_token_correlation
@@ -60,12 +62,12 @@ METHODS = {
 @dataclasses.dataclass
 class IRLRecoveryConfig:
     seed: int = 0
-    tasks: tuple[str, ...] = tuple(TASKS)
-    methods: tuple[str, ...] = ("sft", *METHODS)
-    expert_beta: float = 0.5
-    num_demos: int = 4096
-    sft_steps: int = 400
-    sft_learning_rate: float = 3e-3
+    tasks: Annotated[tuple[str, ...], non_empty, each(registered(TASKS))] = tuple(TASKS)
+    methods: Annotated[tuple[str, ...], non_empty, each(registered(METHODS, 'sft'))] = ("sft", *METHODS)
+    expert_beta: Annotated[float, finite, positive] = 0.5
+    num_demos: Annotated[int, at_least(1)] = 4096
+    sft_steps: Annotated[int, at_least(1)] = 400
+    sft_learning_rate: Annotated[float, finite, positive] = 3e-3
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
     settings: IRLSettings = dataclasses.field(default_factory=IRLSettings)  # per-method settings
 

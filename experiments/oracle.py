@@ -12,13 +12,14 @@ checks their Monte-Carlo mean reward against the exact value.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import jax
 import numpy as np
 from flax import nnx
 from rich.table import Table
 
+from jirl.config import each, finite, non_empty, non_negative, positive
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
 from jirl.mdp.tasks import Task, TaskConfig, build_task
@@ -33,10 +34,10 @@ class OracleConfig:
     seed: int = 0
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     reference: Literal["model", "uniform"] = "model"  # a random tiny Llama, or uniform tokens
-    betas: tuple[float, ...] = DEFAULT_BETAS
-    demo_beta: float = 0.1
-    num_demos: int = 2000
-    show_demos: int = 5
+    betas: Annotated[tuple[float, ...], non_empty, each(positive), each(finite)] = DEFAULT_BETAS
+    demo_beta: Annotated[float, finite, positive] = 0.1
+    num_demos: Annotated[int, non_negative] = 2000
+    show_demos: Annotated[int, non_negative] = 5
 
 
 def reference_log_probs(task: Task, spec: oracle.TreeSpec, kind: str, seed: int):

@@ -43,6 +43,8 @@ its mean over the best-of-n pool, each proxy minus its own mean there.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 import math
 import time
@@ -55,7 +57,7 @@ from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from jirl.config import ConfigError
+from jirl.config import ConfigError, at_least, each, finite, non_empty, non_negative, positive
 from jirl.eval import scaling
 from jirl.eval.metrics import best_of_n_exact, best_of_n_kl, pairwise_accuracy
 from jirl.experiment import RunDir, register_experiment
@@ -85,32 +87,32 @@ class OveroptimizationConfig:
     task: TaskConfig = dataclasses.field(default_factory=lambda: TaskConfig("gold_rm", ("num_chars=8", "horizon=8")))
     policy: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
     # Proxies: llama-family SequenceRewardModels (the gold's family) of these widths.
-    proxy_sizes: tuple[int, ...] = (16, 32, 64)
-    proxy_layers: int = 2
-    data_sizes: tuple[int, ...] = (250, 1000, 4000)  # preference pairs (nested subsets)
-    beta_ann: float = 5.0  # BT annotator P(a > b) = sigmoid(beta_ann (g(a) - g(b)))
-    label_pool_per_prompt: int = 2048  # initial-policy responses the pairs are drawn from
-    rm_steps: int = 200
-    rm_batch_size: int = 64
-    rm_learning_rate: float = 1e-3
-    rm_weight_decay: float = 1e-2
+    proxy_sizes: Annotated[tuple[int, ...], non_empty, each(at_least(1))] = (16, 32, 64)
+    proxy_layers: Annotated[int, at_least(1)] = 2
+    data_sizes: Annotated[tuple[int, ...], non_empty, each(at_least(1))] = (250, 1000, 4000)  # preference pairs (nested subsets)
+    beta_ann: Annotated[float, finite, non_negative] = 5.0  # BT annotator P(a > b) = sigmoid(beta_ann (g(a) - g(b)))
+    label_pool_per_prompt: Annotated[int, at_least(2)] = 2048  # initial-policy responses the pairs are drawn from
+    rm_steps: Annotated[int, at_least(1)] = 200
+    rm_batch_size: Annotated[int, at_least(1)] = 64
+    rm_learning_rate: Annotated[float, finite, positive] = 1e-3
+    rm_weight_decay: Annotated[float, finite, non_negative] = 1e-2
     # Best-of-n.
-    bon_pool_per_prompt: int = 4096
-    bon_max_n: int = 1000
+    bon_pool_per_prompt: Annotated[int, at_least(1)] = 4096
+    bon_max_n: Annotated[int, at_least(1)] = 1000
     # RL (RLOO, no KL penalty unless a mitigation adds one).
-    rl_iterations: int = 500
-    rl_eval_every: int = 10
-    rl_eval_samples: int = 512
-    prompts_per_iteration: int = 16
-    group_size: int = 8
-    rl_learning_rate: float = 1e-3
+    rl_iterations: Annotated[int, at_least(1)] = 500
+    rl_eval_every: Annotated[int, at_least(1)] = 10
+    rl_eval_samples: Annotated[int, at_least(1)] = 512
+    prompts_per_iteration: Annotated[int, at_least(1)] = 16
+    group_size: Annotated[int, at_least(2)] = 8
+    rl_learning_rate: Annotated[float, finite, positive] = 1e-3
     # Mitigations, on one proxy.
     mitigation_proxy: str = "d32_n1000"
-    ensemble_size: int = 4
-    ensemble_k: float = 1.0  # mean - k std
-    kl_coef: float = 0.05
+    ensemble_size: Annotated[int, at_least(1)] = 4
+    ensemble_k: Annotated[float, finite, non_negative] = 1.0  # mean - k std
+    kl_coef: Annotated[float, finite, non_negative] = 0.05
     # "Falls": the gold reward ends at least this far (gold units) below its peak.
-    falls_tolerance: float = 0.1
+    falls_tolerance: Annotated[float, finite, non_negative] = 0.1
 
 
 def proxy_name(size: int, pairs: int) -> str:

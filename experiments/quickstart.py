@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 import json
 
@@ -31,7 +33,7 @@ import optax
 from flax import nnx
 from rich.table import Table
 
-from jirl.config import ConfigError
+from jirl.config import ConfigError, at_least, finite, positive, registered
 from jirl.data.builders import TaskDemonstrations, data_source, prepare
 from jirl.data.loader import batch_iterator
 from jirl.experiment import RunDir, register_experiment
@@ -52,8 +54,8 @@ from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
 class QuickstartConfig:
     seed: int = 0
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
-    expert_beta: float = 0.5  # the expert is pi* at this beta over a uniform reference
-    num_demos: int = 4096
+    expert_beta: Annotated[float, finite, positive] = 0.5  # the expert is pi* at this beta over a uniform reference
+    num_demos: Annotated[int, at_least(1)] = 4096
     # A deliberately small policy (one layer, d = 8), too small to represent the expert: behaviour
     # cloning (forward KL, mass-covering) then spreads its mass over sequences the expert rarely
     # writes, while RL against the learned AfD reward (whose optimum at beta = 1 from the SFT
@@ -65,14 +67,14 @@ class QuickstartConfig:
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=8, num_layers=1, num_heads=2))
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(steps=400, eval_every=50))
     data_dir: str = ""  # where the demonstrations dataset is written (default: <run>/data)
-    irl: str = "afd"  # a name in jirl.irl.methods.IRL_METHODS; "none" stops after SFT
+    irl: Annotated[str, registered(IRL_METHODS, 'none')] = "afd"  # a name in jirl.irl.methods.IRL_METHODS; "none" stops after SFT
     settings: IRLSettings = dataclasses.field(default_factory=IRLSettings)  # per-method settings
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
-    rl_iterations: int = 150
-    rl_learning_rate: float = 1e-3
+    rl_iterations: Annotated[int, at_least(1)] = 150
+    rl_learning_rate: Annotated[float, finite, positive] = 1e-3
     # The pipeline also runs at seed + 1, ..., seed + seeds - 1 (data, initialisation and RL all
     # reseeded; each in <run>/seeds/seed<N>), and the summary reports IRL − SFT over all of them.
-    seeds: int = 5
+    seeds: Annotated[int, at_least(1)] = 5
 
 
 def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
@@ -92,7 +94,7 @@ def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
     return evaluate
 
 
-@register_experiment("quickstart", config=QuickstartConfig, description="Start here: demos -> SFT -> IRL reward -> RL, checked exactly")
+@register_experiment("quickstart", config=QuickstartConfig, description="Start here: demos -> SFT -> IRL reward -> RL, checked exactly", resumable=True)
 def run(config: QuickstartConfig, run: RunDir) -> dict:
     if config.irl != "none" and config.irl not in IRL_METHODS:  # before any training
         raise ConfigError(f"unknown irl method {config.irl!r}; choose from {sorted(IRL_METHODS.names())} or 'none'")

@@ -19,6 +19,8 @@ runs the other recipes (``ALGORITHMS`` says which paper each follows and how it 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 
 import jax
@@ -27,7 +29,7 @@ import optax
 from flax import nnx
 from rich.table import Table
 
-from jirl.config import ConfigError
+from jirl.config import ConfigError, at_least, each, finite, non_empty, positive, registered
 from jirl.eval.exact import ExactSetting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
@@ -77,13 +79,13 @@ CRITIC_ALGORITHMS = ("ppo",)
 class RLOracleConfig:
     seed: int = 0
     task: TaskConfig = dataclasses.field(default_factory=lambda: TaskConfig("bigram", ("num_chars=3", "horizon=4")))
-    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
-    beta: float = 0.5
-    iterations: int = 200
-    eval_every: int = 25
-    learning_rate: float = 3e-3  # Adam, cosine-decayed to 10% over the run (settles the SGD noise)
-    prompts_per_iteration: int = 16
-    group_size: int = 8
+    algorithms: Annotated[tuple[str, ...], non_empty, each(registered(ALGORITHMS))] = DEFAULT_ALGORITHMS
+    beta: Annotated[float, finite, positive] = 0.5
+    iterations: Annotated[int, at_least(1)] = 200
+    eval_every: Annotated[int, at_least(1)] = 25
+    learning_rate: Annotated[float, finite, positive] = 3e-3  # Adam, cosine-decayed to 10% over the run (settles the SGD noise)
+    prompts_per_iteration: Annotated[int, at_least(1)] = 16
+    group_size: Annotated[int, at_least(2)] = 8
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
 
 

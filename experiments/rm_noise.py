@@ -18,6 +18,8 @@ Each cell is the mean and std over ``num_seeds`` seeds (pair sampling, flips, in
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 from pathlib import Path
 
@@ -37,7 +39,8 @@ from jirl.mdp.tokenizer import ByteTokenizer
 from jirl.models.transformer import ModelSize, Transformer
 from jirl.rewards.annotation import simulate_preferences
 from jirl.rewards.embedding_heads import member_rewards, standardize, train_heads
-from jirl.config import ConfigError
+from jirl.config import ConfigError, at_least, each, finite, in_range, non_empty, non_negative, positive, registered
+from jirl.rewards.losses import PAIRWISE_LOSSES
 from jirl.rewards.embeddings import Pooling, cached_array, embed_sequences, embed_texts, fingerprint
 
 SHARED_HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless"
@@ -47,10 +50,10 @@ SHARED_HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh
 class SyntheticStudy:
     enabled: bool = True
     task: TaskConfig = dataclasses.field(default_factory=lambda: TaskConfig("gold_rm"))
-    pool_size: int = 4096  # responses sampled (near-uniformly) before de-duplication
-    num_pairs: int = 2000
-    beta_ann: float = 1.0  # BT annotator: P(a > b) = sigmoid(beta_ann (r_a - r_b))
-    best_of_n: int = 16
+    pool_size: Annotated[int, at_least(2)] = 4096  # responses sampled (near-uniformly) before de-duplication
+    num_pairs: Annotated[int, at_least(1)] = 2000
+    beta_ann: Annotated[float, finite, non_negative] = 1.0  # BT annotator: P(a > b) = sigmoid(beta_ann (r_a - r_b))
+    best_of_n: Annotated[int, at_least(1)] = 16
     pooling: Pooling = "last"
 
 
@@ -58,7 +61,7 @@ class SyntheticStudy:
 class HHStudy:
     enabled: bool = True
     manual_dir: str = ""  # folder with pairs.jsonl.gz (default: ../shared/data/hh-rlhf-harmless)
-    max_len: int = 256
+    max_len: Annotated[int, at_least(2)] = 256
     # Mean over the response's hidden states: chosen and rejected share the prompt, so only the
     # response differs (5-fold CV on the training split: 0.57 vs 0.55 for last-token pooling).
     pooling: Pooling = "response_mean"
@@ -70,16 +73,16 @@ class HHStudy:
 @dataclasses.dataclass
 class RMNoiseConfig:
     seed: int = 0
-    methods: tuple[str, ...] = ("bt", "classification", "hinge")
-    noise_levels: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
-    num_seeds: int = 5
+    methods: Annotated[tuple[str, ...], non_empty, each(registered(PAIRWISE_LOSSES))] = ("bt", "classification", "hinge")
+    noise_levels: Annotated[tuple[float, ...], non_empty, each(in_range(0, 0.5))] = (0.0, 0.1, 0.2, 0.3, 0.4)
+    num_seeds: Annotated[int, at_least(1)] = 5
     # A randomly initialised jirl transformer: pretrained embedders come with the real-model issue.
     # d_model=128 was chosen by 5-fold cross-validation on the HH training split.
     embedder: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=128))
-    head_hidden: int = 0  # 0: linear head on the embeddings; > 0: one hidden ReLU layer
-    head_steps: int = 400
-    head_learning_rate: float = 3e-3
-    head_weight_decay: float = 1e-2
+    head_hidden: Annotated[int, non_negative] = 0  # 0: linear head on the embeddings; > 0: one hidden ReLU layer
+    head_steps: Annotated[int, at_least(1)] = 400
+    head_learning_rate: Annotated[float, finite, positive] = 3e-3
+    head_weight_decay: Annotated[float, finite, non_negative] = 1e-2
     synthetic: SyntheticStudy = dataclasses.field(default_factory=SyntheticStudy)
     hh: HHStudy = dataclasses.field(default_factory=HHStudy)
 

@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jirl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"jirl {__version__}")
     plugin_help = (f"import this module or .py file first, so that what it registers can be used (repeatable; "
-                   f"also ${PLUGINS_ENV}, comma-separated)")
+                   f"also ${PLUGINS_ENV}, comma-separated). A plugin is ordinary Python: its code runs on every "
+                   "jirl command, list and show included, so name only files you trust")
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_PATH", help=plugin_help)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
@@ -234,7 +235,8 @@ def show_command(args: argparse.Namespace) -> int:
     ``UnknownNameError``."""
     load_experiments()
     experiment = EXPERIMENTS.get(args.name)
-    console = Console()
+    # Piped (a script reading the keys), the table is as wide as its contents: nothing is cut.
+    console = Console() if sys.stdout.isatty() else Console(width=10_000)
     console.print(Text.assemble((experiment.name, "bold"), ": ", experiment.description))
     table = Table("key", "type", "default", title=f"config ({experiment.config_cls.__name__})")
     for key, type_name, default in describe_fields(experiment.default_config()):

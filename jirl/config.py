@@ -4,14 +4,21 @@ A config is a (possibly nested) dataclass. Fields are addressed by dotted keys s
 ``model.d_model`` and overridden with ``key=value`` strings, parsed according to the field's
 annotation. Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
 ``X | None``, ``tuple[X, ...]`` and nested dataclasses.
+
+Allowed values are declared with the field, ``d_model: Annotated[int, positive] = 8``, and a
+config class may add rules that tie fields together in a ``validate(self)`` method that raises
+``ConfigError``; ``validate_config`` checks them all (and that no float is NaN) once the
+overrides are applied, before an experiment does any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
 C = TypeVar("C")
@@ -295,6 +302,109 @@ def coerce_union(value: Any, annotation: Any) -> Any:
         except ValueError:
             continue
     raise ValueError(value)
+
+
+# --------------------------------------------------------------------------- allowed values
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """A rule on one config value, declared as ``Annotated[T, check]``: ``holds(value)`` says
+    whether the value is allowed and ``allowed`` (text, or a function giving it) says what is."""
+
+    holds: Callable[[Any], bool]
+    allowed: str | Callable[[], str]
+    hint: Callable[[Any], str] | None = None  # extra advice for a refused value ("Did you mean ...")
+
+    def describe(self) -> str:
+        """What is allowed, as text (computed now when ``allowed`` is a function)."""
+        return self.allowed() if callable(self.allowed) else self.allowed
+
+    def advice(self, value: Any) -> str:
+        """The hint for a refused ``value`` ("" when there is none)."""
+        return self.hint(value) if self.hint is not None else ""
+
+
+def at_least(low: float) -> Check:
+    """``v >= low``."""
+    return Check(lambda v: v >= low, f">= {low:g}")
+
+
+def in_range(low: float, high: float, *, open_low: bool = False) -> Check:
+    """``low <= v <= high`` (``low < v`` with ``open_low``)."""
+    if open_low:
+        return Check(lambda v: low < v <= high, f"in ({low:g}, {high:g}]")
+    return Check(lambda v: low <= v <= high, f"in [{low:g}, {high:g}]")
+
+
+def each(check: Check) -> Check:
+    """``check`` on every item of a tuple."""
+    def advice(items) -> str:
+        return next((check.advice(v) for v in items if not check.holds(v)), "")
+
+    return Check(lambda items: all(check.holds(v) for v in items), lambda: f"a list whose every item is {check.describe()}", advice)
+
+
+def registered(registry: Any, *extra: str) -> Check:
+    """A name in ``registry`` (a ``Registry``, dict or other collection; read when checked, so
+    plugins' names count) or one of ``extra``."""
+    def names() -> list[str]:
+        return [*(registry.names() if hasattr(registry, "names") else registry), *extra]
+
+    def advice(name) -> str:
+        close = difflib.get_close_matches(str(name), [str(n) for n in names()], n=1)
+        return f" (unknown {name!r}). Did you mean {close[0]!r}?" if close else f" (unknown {name!r})"
+
+    return Check(lambda name: name in names(), lambda: "one of " + ", ".join(map(str, names())), advice)
+
+
+positive = Check(lambda v: v > 0, "> 0")
+non_negative = Check(lambda v: v >= 0, ">= 0")
+finite = Check(math.isfinite, "a finite number")
+probability = in_range(0.0, 1.0)
+non_empty = Check(lambda items: len(items) > 0, "a non-empty list")
+
+
+def field_checks(cls: type) -> dict[str, tuple[Check, ...]]:
+    """The ``Check``s declared with ``Annotated`` on each init field of config class ``cls``."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    checks = {}
+    for f in dataclasses.fields(cls):
+        if f.init and typing.get_origin(hints[f.name]) is typing.Annotated:
+            checks[f.name] = tuple(m for m in hints[f.name].__metadata__ if isinstance(m, Check))
+    return checks
+
+
+def has_nan(value: Any) -> bool:
+    """Whether a float value (or an item of a tuple) is NaN: never a meaningful setting."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, tuple) and any(has_nan(item) for item in value)
+
+
+def validate_config(config: Any, prefix: str = "") -> None:
+    """Check every field of ``config`` (nested configs included) against the rules declared with
+    it and the class's own ``validate()``; raise ``ConfigError`` naming the key, the value and
+    what is allowed. No float may be NaN."""
+    checks = field_checks(type(config))
+    for name in field_annotations(type(config)):
+        value, key = getattr(config, name), prefix + name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_config(value, prefix=key + ".")
+            continue
+        if has_nan(value):
+            raise ConfigError(f"{key} must be a number, got nan")
+        for check in checks.get(name, ()):
+            if value is not None and not check.holds(value):
+                raise ConfigError(
+                    f"{key} must be {check.describe()}, got {format_value(value) or 'an empty value'}{check.advice(value)}"
+                )
+    rules = getattr(config, "validate", None)
+    if callable(rules):
+        try:
+            rules()
+        except ConfigError as error:
+            raise ConfigError(f"{prefix}{error}") from None
 
 
 # --------------------------------------------------------------------------- comparing, showing

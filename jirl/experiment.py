@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.text import Text
 
-from jirl.config import ConfigError, JirlError, apply_overrides, config_to_dict, diff_configs
+from jirl.config import ConfigError, JirlError, apply_overrides, config_to_dict, diff_configs, validate_config
 from jirl.registry import Registry
 
 RunFn = Callable[[Any, "RunDir"], Mapping[str, Any]]
@@ -40,6 +40,14 @@ class OutputDirNotEmptyError(JirlError, FileExistsError):
     """The requested output folder already holds files."""
 
 
+class OutputDirError(JirlError, OSError):
+    """The output folder cannot be created or written (a file in the way, no permission, ...)."""
+
+
+class NonFiniteResultError(JirlError, FloatingPointError):
+    """An experiment's results hold NaN or inf: a number no reader should be given."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """A registered experiment: its config class and the function that runs it."""
@@ -48,6 +56,7 @@ class Experiment:
     config_cls: type
     run_fn: RunFn
     description: str = ""
+    resumable: bool = False  # keeps checkpoints, so --resume continues it
 
     def default_config(self) -> Any:
         """The experiment's config with every field at its default (``config_cls()``)."""
@@ -57,17 +66,18 @@ class Experiment:
 EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 
-def register_experiment(name: str, *, config: type, description: str = ""):
+def register_experiment(name: str, *, config: type, description: str = "", resumable: bool = False):
     """Decorator registering ``run(config, run_dir) -> dict`` as experiment ``name``.
 
     ``config`` must be a dataclass with an int ``seed`` field. Without ``description``, the
-    first line of the function's docstring is used.
+    first line of the function's docstring is used. ``resumable``: the experiment checkpoints
+    and continues from ``run.resume`` (``--resume``); other experiments refuse ``--resume``.
     """
     check_config_class(config)
 
     def decorator(run_fn: RunFn) -> RunFn:
         summary = description or first_line(run_fn.__doc__)
-        experiment = Experiment(name, config, run_fn, summary)
+        experiment = Experiment(name, config, run_fn, summary, resumable)
         already_registered = name in EXPERIMENTS and EXPERIMENTS.get(name) == experiment
         if not already_registered:
             EXPERIMENTS.register(name, experiment)
@@ -120,9 +130,24 @@ def to_jsonable(value: Any) -> Any:
 
 def write_json_file(path: Path, obj: Any) -> Path:
     """Write ``obj`` (made JSON-able by ``to_jsonable``) to ``path`` as indented JSON with a
-    final newline; returns ``path``."""
-    path.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    final newline, atomically (a temporary file renamed over ``path``: a reader or a killed
+    run never sees half a file); returns ``path``."""
+    text = json.dumps(to_jsonable(obj), indent=2) + "\n"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
     return path
+
+
+def nonfinite_paths(value: Any, path: str = "") -> list[str]:
+    """Dotted paths (``a.b[3]``) of every NaN or inf float in a JSON-like ``value``."""
+    if isinstance(value, float):
+        return [path or "(the value)"] if not np.isfinite(value) else []
+    if isinstance(value, Mapping):
+        return [p for key, item in value.items() for p in nonfinite_paths(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, item in enumerate(value) for p in nonfinite_paths(item, f"{path}[{i}]")]
+    return []
 
 
 class RunDir:
@@ -165,16 +190,33 @@ def run_experiment(
     load_experiments()
     experiment = EXPERIMENTS.get(name)
     config = apply_overrides(experiment.default_config(), overrides)
+    validate_config(config)  # every bad value is refused here, before any work
     if resume:
+        if not experiment.resumable:
+            raise ConfigError(
+                f"{name} keeps no checkpoints, so --resume cannot continue it; rerun it into a new --out folder"
+            )
         run = RunDir(check_resumable(name, config, out_dir), resume=True)
     else:
         run = RunDir(prepare_out_dir(name, out_dir))
-        write_json_file(run.path / CONFIG_FILE, {"experiment": name, "config": config_to_dict(config)})
+        try:
+            write_json_file(run.path / CONFIG_FILE, {"experiment": name, "config": config_to_dict(config)})
+        except OSError as error:
+            raise OutputDirError(f"cannot write into the output folder {run.path}: {error.strerror or error}; choose another --out") from None
     verb = "resuming" if resume else "writing to"
     run.console.print(Text(f"{name}: {verb} {run.path}"), soft_wrap=True)
 
     started_at = datetime.datetime.now().isoformat(timespec="seconds")
     results, elapsed_seconds = timed_call(experiment, config, run)
+    bad = nonfinite_paths(results)
+    if bad:
+        kept = write_json_file(run.path / "results.nonfinite.json", results)
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteResultError(
+            f"{name}'s results hold NaN/inf at {shown}: a stage diverged, so no results.json is written "
+            f"(the numbers are kept in {kept}, checkpoints and metrics in {run.path}). Lower the learning rate "
+            "of that stage or check its inputs."
+        )
     write_json_file(run.path / RESULTS_FILE, results)
     run_info = {"experiment": name, "overrides": list(overrides), "started_at": started_at,
                 "elapsed_seconds": elapsed_seconds, "resumed": resume,
@@ -247,7 +289,13 @@ def check_resumable(name: str, config: Any, out_dir: Path | str | None) -> Path:
     saved_file = path / CONFIG_FILE
     if not saved_file.exists():
         raise ConfigError(f"cannot resume: {saved_file} not found; is {path} a jirl run folder?")
-    saved = json.loads(saved_file.read_text())
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot resume: {saved_file} is not valid JSON ({error}); restore it, or start a new run "
+                          "in another --out folder") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ConfigError(f"cannot resume: {saved_file} is not a jirl run config; start a new run in another --out folder")
     if saved.get("experiment") != name:
         raise ConfigError(f"cannot resume: {path} holds a run of {saved.get('experiment')!r}, not {name!r}")
     current = config_to_dict(config)
@@ -275,12 +323,19 @@ def timed_call(experiment: Experiment, config: Any, run: RunDir) -> tuple[dict[s
 def prepare_out_dir(name: str, out_dir: Path | str | None) -> Path:
     """Create the run folder; refuse a non-empty one rather than mix two runs' files."""
     path = Path(out_dir) if out_dir is not None else default_out_dir(name)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise OutputDirNotEmptyError(
-            f"output folder {path} already exists and is not an empty folder; "
-            "choose another --out or move the old run away"
-        )
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise OutputDirNotEmptyError(
+                f"output folder {path} already exists and is not an empty folder; "
+                "choose another --out or move the old run away"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+    except OutputDirNotEmptyError:
+        raise
+    except OSError as error:
+        raise OutputDirError(f"cannot create the output folder {path}: {error.strerror or error}; choose another --out") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputDirError(f"cannot write into the output folder {path}: permission denied; choose another --out")
     return path
 
 

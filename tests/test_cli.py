@@ -333,3 +333,10 @@ def test_plugin_specs_order_env_then_options():
 
     args = build_parser().parse_args(["--plugin", "a.py", "run", "x", "--plugin", "b"])
     assert plugin_specs(args, environ={"JIRL_PLUGINS": "m1,, m2"}) == ["m1", "m2", "a.py", "b"]
+
+
+def test_show_piped_cuts_no_key_or_default(capsys):
+    assert main(["show", "credit_horizon"]) == 0
+    out = capsys.readouterr().out
+    assert "terminal,uniform,shaping,abc,prime,rto,decomposition,true" in out
+    assert "…" not in out

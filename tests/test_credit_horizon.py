@@ -31,7 +31,7 @@ def test_best_return_matches_brute_force_over_every_response(horizon):
 
 def test_unknown_scheme_is_a_clear_error(tmp_path, capsys):
     assert main(["run", "credit_horizon", "--out", str(tmp_path / "a"), "--set", "schemes=terminal,magic"]) == 2
-    assert "unknown credit scheme(s) ['magic']" in capsys.readouterr().err
+    assert "schemes must be a list whose every item is one of terminal, uniform, shaping, abc, prime, rto, decomposition, true, got terminal,magic (unknown 'magic')" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ SMALL = [
 
 def test_unknown_loss_and_too_many_pairs_are_clear_errors(tmp_path, capsys):
     assert main(["run", "dpo_oracle", "--out", str(tmp_path / "a"), "--set", "losses=dpo,dpoo"]) == 2
-    assert "unknown loss(es) ['dpoo']" in capsys.readouterr().err
+    assert "(unknown 'dpoo'). Did you mean 'dpo'?" in capsys.readouterr().err
     assert main(["run", "dpo_oracle", "--out", str(tmp_path / "b"), "--set", "pair_counts=8192"]) == 2
     assert "must not exceed num_pairs" in capsys.readouterr().err
 

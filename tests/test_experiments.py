@@ -78,7 +78,7 @@ def test_quickstart_and_oracle_are_listed(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["oracle", "--set", "task.name=sorting"], "unknown task 'sorting'. Did you mean 'sort'"),
+        (["oracle", "--set", "task.name=sorting"], "task.name must be one of bigram, gold_rm, sort, got sorting (unknown 'sorting'). Did you mean 'sort'?"),
         (["oracle", "--set", "task.args=horizn=3"], "Did you mean 'horizon'"),
         (["oracle", "--set", "betas=0.1,abc"], "betas"),
         (["oracle", "--set", "reference=gpt4"], "one of 'model', 'uniform'"),

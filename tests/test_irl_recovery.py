@@ -10,9 +10,9 @@ from jirl.cli import main
 
 def test_unknown_method_or_task_is_a_clear_error(tmp_path, capsys):
     assert main(["run", "irl_recovery", "--out", str(tmp_path / "a"), "--set", "methods=sft,magic"]) == 2
-    assert "unknown method(s) ['magic']" in capsys.readouterr().err
+    assert "methods must be a list whose every item is one of" in capsys.readouterr().err
     assert main(["run", "irl_recovery", "--out", str(tmp_path / "b"), "--set", "tasks=chess"]) == 2
-    assert "unknown task(s) ['chess']" in capsys.readouterr().err
+    assert "tasks must be a list whose every item is one of bigram, gold_rm, sort, got chess (unknown 'chess')" in capsys.readouterr().err
 
 
 @pytest.mark.slow

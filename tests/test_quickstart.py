@@ -62,5 +62,5 @@ def test_irl_beats_sft_by_three_standard_deviations_at_other_seeds(tmp_path):
 
 def test_an_unknown_irl_method_is_refused_before_training(tmp_path, capsys):
     assert main(["run", "quickstart", "--out", str(tmp_path / "run"), "--set", "irl=magic"]) == 2
-    assert "unknown irl method 'magic'" in capsys.readouterr().err
+    assert "irl must be one of afd, airl, gail, iq_learn, maxent, spin, none, got magic" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()

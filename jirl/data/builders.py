@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -339,10 +340,19 @@ def prepare(
     else:
         _check_instance(builder, data_dir, params)
         manual_dir = Path(manual_dir) if manual_dir is not None else default_manual_dir(builder.data_dir_root)
+    remove_unfinished_builds(builder)
     download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
     with _quiet_tfds():
         builder.download_and_prepare(download_config=download_config)
     return builder
+
+
+def remove_unfinished_builds(builder: tfds.core.GeneratorBasedBuilder) -> None:
+    """Delete what a build killed part-way left behind: TFDS writes a dataset version into a
+    sibling ``incomplete.<random>_<version>`` folder and renames it only when it is complete."""
+    version_dir = Path(builder.data_dir)
+    for leftover in version_dir.parent.glob(f"incomplete.*_{version_dir.name}"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager

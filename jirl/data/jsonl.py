@@ -2,6 +2,8 @@
 
 Every non-blank line must be a JSON object holding the required fields as strings. Errors
 name the file and the 1-based line: ``data.jsonl:7: missing field 'response' (...)``.
+Files are UTF-8; a byte-order mark at the start of the file is accepted (and dropped), and
+bytes that are not UTF-8 are reported by line, column and byte offset within that line.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from jirl.data.errors import DataError
 
 PROMPT_RESPONSE_FIELDS = ("prompt", "response")
+
+# Bytes that are not UTF-8 come through the "surrogateescape" error handler as the lone
+# surrogates U+DC80..U+DCFF (one per bad byte); decoding valid UTF-8 never gives these.
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +60,7 @@ def read_jsonl(
     path = os.fspath(path)
     rows, num_blank = [], 0
     for line_number, text in _numbered_lines(path):
+        _check_utf8(text, path, line_number)
         if not text.strip():
             num_blank += 1
             continue
@@ -69,7 +77,11 @@ def read_jsonl(
 
 
 def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
-    """``(line_number, text)`` for each line of ``path``, with read errors as ``DataError``."""
+    """``(line_number, text)`` for each line of ``path``, with read errors as ``DataError``.
+
+    Undecodable bytes stay in ``text`` as lone surrogates (``_check_utf8`` reports them), so
+    that the error can name the line rather than a byte offset in the whole file.
+    """
     try:
         with _open_text(path) as file:
             yield from enumerate(file, start=1)
@@ -84,9 +96,25 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def _open_text(path: str) -> TextIO:
+    # utf-8-sig: a byte-order mark at the very start of the file is skipped (one elsewhere is not).
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape")
+    return open(path, encoding="utf-8-sig", errors="surrogateescape")
+
+
+def _check_utf8(text: str, path: str, line_number: int) -> None:
+    """``DataError`` naming ``path:LINE``, the column and the byte offset within the line of the
+    first byte of ``text`` that was not UTF-8 (escaped by ``_open_text``)."""
+    bad = _UNDECODED_BYTE.search(text)
+    if bad is None:
+        return
+    column = bad.start() + 1
+    byte_offset = len(text[: bad.start()].encode("utf-8", "surrogateescape")) + 1
+    value = ord(bad.group()) - 0xDC00
+    raise DataError(
+        f"{path}:{line_number}: not UTF-8 text: byte 0x{value:02x} at column {column} (byte {byte_offset} of the "
+        "line) is not valid UTF-8; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
 
 
 def _parse_object(text: str, where: str) -> dict[str, Any]:

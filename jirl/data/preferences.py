@@ -23,6 +23,12 @@ Builders (use them through ``jirl.data.builders.prepare`` and ``data_source``)::
     batches = batch_iterator(data_source(builder, "train"), batch_size=16, seed=0)
     preference_report(builder)  # rows kept / dropped by reason / truncated, per file and split
 
+The report also counts, with the ``file:line`` of the first one, the pairs that repeat an
+earlier pair (same prompt, chosen and rejected text, in any of the builder's files; they are
+kept, so that a deliberate repeat still weighs twice) and the prompts that alone fill
+``max_len`` (``max_len`` tokens or more: only their end is kept, and their responses are cut
+to one token).
+
 - ``HHPreferences``: ``pairs.jsonl[.gz]`` split into ``train``/``test`` by a seeded hash of
   each pair's prompt (pairs sharing a prompt land in the same split, so no prompt leaks from
   train into test; the same file and seed always give the same split);
@@ -230,6 +236,7 @@ class FittedPreference:
     example: Example
     prompt_truncated: bool  # the prompt lost tokens at its start
     response_truncated: bool  # the chosen or rejected response lost its end (and its EOS)
+    prompt_tokens: int = 0  # the whole prompt's token count, before any cut
 
 
 def tokenize_preference(
@@ -285,6 +292,7 @@ def fit_preference(
         example,
         prompt_truncated=prompt_len < len(prompt_ids),
         response_truncated=longest_response > response_room,
+        prompt_tokens=len(prompt_ids),
     )
 
 
@@ -443,10 +451,16 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
                 f"({_dropped_summary(file_reports)}); fix the files"
             )
         tokenizer = make_tokenizer(config.tokenizer, config.alphabet, self.TOKENIZERS)
-        examples, split_reports = {}, {}
+        examples, split_reports, long_prompts = {}, {}, []
         for split, (path, pairs) in pairs_by_split.items():
-            examples[split], split_reports[split] = _fit_pairs(pairs, tokenizer, config.max_len, source=path)
-        self.info.metadata["report"] = _builder_report(file_reports, split_reports, config)
+            examples[split], split_reports[split], long = _fit_pairs(pairs, tokenizer, config.max_len, source=path)
+            long_prompts += long
+        file_order = {path: rank for rank, path in enumerate(files.values())}
+        findings = {
+            "duplicates": _duplicates_report(pairs_by_split, file_order),
+            "long_prompts": _first_of(long_prompts, file_order),
+        }
+        self.info.metadata["report"] = _builder_report(file_reports, split_reports, config, findings)
         return {split: self._generate_examples(rows) for split, rows in examples.items() if rows}
 
     def _generate_examples(self, examples: list[Example]):
@@ -469,17 +483,58 @@ class _PreferenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             ) from None
 
 
-def _fit_pairs(pairs: list[PreferencePair], tokenizer, max_len: int, source: Path) -> tuple[list[Example], dict]:
-    """The examples of ``pairs`` (read from ``source``) and ``{"pairs", "truncated",
-    "prompt_truncated"}`` counts."""
-    examples, truncated, prompt_truncated = [], 0, 0
+def _fit_pairs(
+    pairs: list[PreferencePair], tokenizer, max_len: int, source: Path
+) -> tuple[list[Example], dict, list[tuple[Path, int]]]:
+    """The examples of ``pairs`` (read from ``source``), ``{"pairs", "truncated",
+    "prompt_truncated", "long_prompts"}`` counts, and ``(source, line)`` of each pair whose
+    prompt alone has ``max_len`` tokens or more."""
+    examples, truncated, prompt_truncated, long_prompts = [], 0, 0, []
     for pair in pairs:
         where = f"{source}:{pair.line}"
         fitted = fit_preference(tokenizer, pair.prompt, pair.chosen, pair.rejected, max_len, pair.margin, where)
         examples.append(fitted.example)
         truncated += fitted.response_truncated
         prompt_truncated += fitted.prompt_truncated
-    return examples, {"pairs": len(examples), "truncated": truncated, "prompt_truncated": prompt_truncated}
+        if fitted.prompt_tokens >= max_len:
+            long_prompts.append((source, pair.line))
+    counts = {"pairs": len(examples), "truncated": truncated, "prompt_truncated": prompt_truncated,
+              "long_prompts": len(long_prompts)}
+    return examples, counts, long_prompts
+
+
+def _location(path: Path, line: int) -> str:
+    return f"{path}:{line}"
+
+
+def _first_of(places: list[tuple[Path, int]], file_order: dict[Path, int]) -> dict[str, Any]:
+    """``{"count", "first"}`` of ``(file, line)`` places: ``first`` is the ``file:line`` that
+    comes first in file order (None when there are none)."""
+    first = min(places, key=lambda place: (file_order.get(place[0], len(file_order)), place[1]), default=None)
+    return {"count": len(places), "first": _location(*first) if first else None}
+
+
+def _duplicates_report(
+    pairs_by_split: dict[str, tuple[Path, list[PreferencePair]]], file_order: dict[Path, int]
+) -> dict[str, Any]:
+    """``{"count", "first", "first_repeats"}``: how many kept pairs repeat an earlier pair (same
+    prompt, chosen and rejected text; across all files, in file then line order), the
+    ``file:line`` of the first repeat and of the pair it repeats (None when nothing repeats)."""
+    located = sorted(
+        ((path, pair) for path, pairs in pairs_by_split.values() for pair in pairs),
+        key=lambda item: (file_order.get(item[0], len(file_order)), item[1].line),
+    )
+    seen: dict[tuple[str, str, str], tuple[Path, int]] = {}
+    count, first, first_repeats = 0, None, None
+    for path, pair in located:
+        key = (pair.prompt, pair.chosen, pair.rejected)
+        if key not in seen:
+            seen[key] = (path, pair.line)
+            continue
+        count += 1
+        if first is None:
+            first, first_repeats = _location(path, pair.line), _location(*seen[key])
+    return {"count": count, "first": first, "first_repeats": first_repeats}
 
 
 def _dropped_summary(file_reports: dict[str, dict]) -> str:
@@ -489,8 +544,11 @@ def _dropped_summary(file_reports: dict[str, dict]) -> str:
     return ", ".join(f"{reason}: {count}" for reason, count in counts.items() if count)
 
 
-def _builder_report(file_reports: dict[str, dict], split_reports: dict[str, dict], config) -> dict[str, Any]:
-    """Totals over the files and splits, with the per-file and per-split reports."""
+def _builder_report(
+    file_reports: dict[str, dict], split_reports: dict[str, dict], config, findings: dict[str, dict]
+) -> dict[str, Any]:
+    """Totals over the files and splits, with the per-file and per-split reports, and
+    ``findings`` (``duplicates`` and ``long_prompts``: counts with the first ``file:line``)."""
     dropped: collections.Counter[str] = collections.Counter()
     for report in file_reports.values():
         dropped.update(report["dropped"])
@@ -500,6 +558,7 @@ def _builder_report(file_reports: dict[str, dict], split_reports: dict[str, dict
         "dropped": dict(dropped),
         "truncated": sum(report["truncated"] for report in split_reports.values()),
         "prompt_truncated": sum(report["prompt_truncated"] for report in split_reports.values()),
+        **findings,
         "max_len": config.max_len,
         "tokenizer": config.tokenizer,
         "files": file_reports,
@@ -593,9 +652,16 @@ class JsonlPreferences(_PreferenceBuilder):
 def preference_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
     """What a prepared preference dataset kept, dropped (by reason) and truncated.
 
-    ``{"rows", "kept", "dropped": {reason: count}, "truncated", "prompt_truncated", "max_len",
-    "tokenizer", "files": {file name: read report}, "splits": {split: {"pairs", "truncated",
-    "prompt_truncated"}}}``; ``truncated`` counts pairs whose chosen or rejected response was cut.
+    ``{"rows", "kept", "dropped": {reason: count}, "truncated", "prompt_truncated",
+    "duplicates": {"count", "first", "first_repeats"}, "long_prompts": {"count", "first"},
+    "max_len", "tokenizer", "files": {file name: read report}, "splits": {split: {"pairs",
+    "truncated", "prompt_truncated", "long_prompts"}}}``.
+
+    ``truncated`` counts pairs whose chosen or rejected response was cut; ``duplicates`` the kept
+    pairs repeating an earlier pair's prompt, chosen and rejected text (in any of the files;
+    ``first`` is the ``file:line`` of the first repeat, ``first_repeats`` that of the pair it
+    repeats); ``long_prompts`` the pairs whose prompt alone has ``max_len`` tokens or more
+    (``first``: the first one's ``file:line``). Each ``first`` is None when the count is 0.
     """
     if not isinstance(builder, _PreferenceBuilder):
         raise DataError(

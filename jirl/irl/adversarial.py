@@ -90,6 +90,7 @@ from jirl.models.scoring import gather_response, response_log_probs, response_ma
 from jirl.models.transformer import Transformer, TransformerConfig
 from jirl.rewards.models import terminal_rewards
 from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
+from jirl.train.loop import NonFiniteLossError
 from jirl.train.losses import OBJECTIVES, LossOutput
 from jirl.train.step import TrainState, init_train_state, make_update_step
 
@@ -623,6 +624,11 @@ def adversarial_iteration(key, setup: AdversarialSetup, policy_state, disc_state
         expert_rows = (expert.tokens[rows], expert.prompt_lens[rows], expert.response_lens[rows])
         batch = discriminator_batch(expert_rows, buffer.sample(policy_key, config.disc_batch_size), task.horizon, scorer)
         disc_state, disc_metrics = setup.disc_step(disc_state, batch)
+        if bool(disc_metrics.get("nonfinite", False)):
+            raise NonFiniteLossError(
+                f"the {config.method} discriminator's update was NaN/inf at step {int(disc_state.step)} "
+                f"(loss {float(disc_metrics['loss']):.4g}); lower disc_learning_rate or check the expert data"
+            )
     reward_fn = policy_reward_fn(setup, disc_state.full_params)
     policy_state, rl_metrics = rl_iteration(rl_key, task, setup.policy_graphdef, policy_state, setup.ref_params, setup.policy_step, setup.rl, reward_fn=reward_fn)
     metrics = {f"disc/{k}": float(v) for k, v in disc_metrics.items() if np.ndim(v) == 0}

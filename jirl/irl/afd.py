@@ -22,6 +22,8 @@ so with RL from Q at beta = 1, ``init_demo`` and ``sft_demo`` aim at the expert.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 
 import jax
@@ -30,10 +32,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jirl.config import at_least, finite, positive, registered
 from jirl.data.errors import DataError
 from jirl.mdp import oracle
 from jirl.models.heads import SequenceRewardModel
-from jirl.rewards.losses import preference_objective
+from jirl.rewards.losses import PAIRWISE_LOSSES, preference_objective
 from jirl.rewards.models import sequence_reward_fn
 from jirl.train.loop import train_on_arrays
 from jirl.train.step import init_train_state, make_update_step
@@ -48,11 +51,11 @@ class AfDConfig:
     ``AFD_VARIANTS``), the pairwise ``loss`` (a name in ``jirl.rewards.losses.PAIRWISE_LOSSES``)
     and the discriminator's optimisation (``steps``, ``batch_size``, ``learning_rate``)."""
 
-    variant: str = "sft_demo"  # a key of AFD_VARIANTS
-    loss: str = "bt"  # a name in jirl.rewards.losses.PAIRWISE_LOSSES
-    steps: int = 600
-    batch_size: int = 128
-    learning_rate: float = 3e-3
+    variant: Annotated[str, registered(AFD_VARIANTS)] = "sft_demo"  # a key of AFD_VARIANTS
+    loss: Annotated[str, registered(PAIRWISE_LOSSES)] = "bt"  # a name in jirl.rewards.losses.PAIRWISE_LOSSES
+    steps: Annotated[int, at_least(1)] = 600
+    batch_size: Annotated[int, at_least(1)] = 128
+    learning_rate: Annotated[float, finite, positive] = 3e-3
 
 
 def variant_sources(variant: str) -> tuple[str, str]:

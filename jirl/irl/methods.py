@@ -9,13 +9,13 @@ expert's demonstrations and says how to optimise it so that the RL target is the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jirl.config import JirlError
+from jirl.config import JirlError, at_least, finite, non_negative, positive, registered
 from jirl.irl.afd import AfDConfig
 from jirl.irl.spin import SPINConfig
 from jirl.mdp import oracle
@@ -108,9 +108,9 @@ class MaxEntConfig:
     MaxEnt fit, and the ``l2`` penalty that keeps the rewards of never-demonstrated actions
     finite."""
 
-    steps: int = 500
-    learning_rate: float = 0.1
-    l2: float = 1e-3  # keeps rewards of never-demonstrated actions finite
+    steps: Annotated[int, at_least(1)] = 500
+    learning_rate: Annotated[float, finite, positive] = 0.1
+    l2: Annotated[float, finite, non_negative] = 1e-3  # keeps rewards of never-demonstrated actions finite
 
 
 def tree_reward_fn(spec, reward_tree) -> Callable:
@@ -165,10 +165,10 @@ class IQLearnConfig:
     optimum's KL to the expert shrinks about as 1/alpha^2) and minibatch Adam (``steps``,
     ``batch_size``, ``learning_rate``)."""
 
-    alpha: float = 8.0  # chi^2 strength; the optimum's KL to the expert shrinks ~1/alpha^2 (0.14 at 0.5)
-    steps: int = 500
-    batch_size: int = 256
-    learning_rate: float = 5e-3
+    alpha: Annotated[float, positive] = 8.0  # chi^2 strength; the optimum's KL to the expert shrinks ~1/alpha^2 (0.14 at 0.5)
+    steps: Annotated[int, at_least(1)] = 500
+    batch_size: Annotated[int, at_least(1)] = 256
+    learning_rate: Annotated[float, finite, positive] = 5e-3
 
 
 def train_on_demonstrations(key, graphdef, params, demos, loss_fn, steps: int, batch_size: int, learning_rate: float):
@@ -217,11 +217,11 @@ class AdversarialSettings:
     discriminator loss ``level`` (``"sequence"`` or ``"token"``; GAIL always uses ``"token"``),
     ``disc_steps`` discriminator updates per iteration and the two learning rates."""
 
-    iterations: int = 200
-    level: str = "sequence"  # discriminator loss per response ("sequence") or per token
-    disc_steps: int = 10
-    policy_learning_rate: float = 3e-3
-    disc_learning_rate: float = 1e-3
+    iterations: Annotated[int, at_least(1)] = 200
+    level: Annotated[str, registered(('sequence', 'token'))] = "sequence"  # discriminator loss per response ("sequence") or per token
+    disc_steps: Annotated[int, at_least(1)] = 10
+    policy_learning_rate: Annotated[float, finite, positive] = 3e-3
+    disc_learning_rate: Annotated[float, finite, positive] = 1e-3
 
 
 def run_adversarial(context: IRLContext, settings: AdversarialSettings, method: str):

@@ -13,12 +13,15 @@ the policy's own samples, and the iteration stops moving when pi_k = p_data.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 
 import jax
 import numpy as np
 import optax
 
+from jirl.config import at_least, finite, positive
 from jirl.irl.afd import discriminator_pairs
 from jirl.mdp.demonstrations import from_policy
 from jirl.preference.objective import POLICY_ONLY, preference_loss, with_reference
@@ -31,11 +34,11 @@ class SPINConfig:
     """Settings of SPIN: the number of self-play ``iterations``, ``steps_per_iteration`` updates
     of ``batch_size`` pairs at ``learning_rate`` each, and the SPIN loss's ``beta``."""
 
-    iterations: int = 3
-    steps_per_iteration: int = 200
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    beta: float = 1.0  # measured on bigram: beta 0.1-0.5 overshoots and drifts away over iterations
+    iterations: Annotated[int, at_least(1)] = 3
+    steps_per_iteration: Annotated[int, at_least(1)] = 200
+    batch_size: Annotated[int, at_least(1)] = 64
+    learning_rate: Annotated[float, finite, positive] = 1e-3
+    beta: Annotated[float, finite, positive] = 1.0  # measured on bigram: beta 0.1-0.5 overshoots and drifts away over iterations
 
 
 def spin_update(graphdef, config: SPINConfig):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -40,14 +42,33 @@ class SamplingConfig:
     greedy: bool = False
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not _is_int(self.eos_id) or self.eos_id < 0:
+            raise ValueError(f"eos_id must be a token id (an integer >= 0), got {self.eos_id!r}")
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be a finite number > 0 (use greedy=True for argmax), got {self.temperature!r}"
+            )
+        _check_filters(self.top_k, self.top_p)
+        if not isinstance(self.greedy, bool):
+            raise ValueError(f"greedy must be True or False, got {self.greedy!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_filters(top_k, top_p) -> None:
+    """ValueError unless ``top_k`` is an integer >= 0 and ``top_p`` a number in (0, 1] (NaN is not)."""
+    if not _is_int(top_k) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0: no top-k filter), got {top_k!r}")
+    if not _is_real(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be a number in (0, 1] (1: no nucleus filter), got {top_p!r}")
 
 
 @struct.dataclass
@@ -68,7 +89,10 @@ class SampleOutput:
 
 
 def filter_logits(logits: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-    """Set logits outside the top-k / top-p (nucleus) set to -inf. ``logits [..., vocab]``."""
+    """Set logits outside the top-k / top-p (nucleus) set to -inf. ``logits [..., vocab]``.
+
+    ``top_k`` must be an integer >= 0 and ``top_p`` a number in (0, 1] (static Python values)."""
+    _check_filters(top_k, top_p)
     if top_k > 0:
         kth_largest = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
@@ -185,6 +209,8 @@ def generate(graphdef, params, prompt_tokens, prompt_lens, key, config: Sampling
       ``SampleOutput`` with response-aligned ``[batch, max_new_tokens]`` tokens, mask and
       log-probs, and the full ``[batch, prompt_width + max_new_tokens]`` buffer.
     """
+    if not isinstance(config, SamplingConfig):
+        raise TypeError(f"config must be a SamplingConfig, got {type(config).__name__}")
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
     prompt_lens = jnp.asarray(prompt_lens, jnp.int32)
     model_config = graphdef_config(graphdef, params)

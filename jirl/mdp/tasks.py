@@ -17,6 +17,8 @@ Tasks:
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import abc
 import dataclasses
 import itertools
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jirl.config import registered
 from jirl.mdp.tokenizer import CharTokenizer
 from jirl.registry import Registry
 
@@ -49,8 +52,17 @@ class TaskConfig:
     """Which task to build: its registered name and size parameters as ``key=value`` strings
     (``--set task.name=sort --set task.args=num_digits=4,num_symbols=3``)."""
 
-    name: str = "bigram"
+    name: Annotated[str, registered(TASKS)] = "bigram"
     args: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        """Build the task once, so a bad ``args`` entry is refused before any work."""
+        from jirl.config import ConfigError
+
+        try:
+            build_task(self)
+        except (ValueError, TypeError, KeyError) as error:
+            raise ConfigError(f"args: {error}") from None
 
 
 def build_task(config: TaskConfig) -> "Task":
@@ -157,6 +169,8 @@ class LetterTask(Task):
     def __post_init__(self):
         if not 1 <= self.num_chars <= 26:
             raise ValueError(f"{self.name} num_chars must be in [1, 26], got {self.num_chars}")
+        if self.horizon < 1:
+            raise ValueError(f"{self.name} horizon must be >= 1, got {self.horizon}")
 
     @cached_property
     def tokenizer(self):
@@ -256,6 +270,8 @@ class GoldRewardModelTask(LetterTask):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.d_model < 4 or self.d_model % 4 or self.num_layers < 1:
+            raise ValueError(f"gold_rm needs d_model a multiple of 4 (its 4 heads) and num_layers >= 1, got d_model={self.d_model}, num_layers={self.num_layers}")
         self.gold_model  # build eagerly: the first use may be inside jit  # noqa: B018
 
     @cached_property

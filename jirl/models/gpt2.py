@@ -28,7 +28,7 @@ from pathlib import Path
 
 from flax import nnx
 
-from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, load_params, read_hf_config, transpose
+from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, hf_sizes_checked, load_params, read_hf_config, transpose
 from jirl.models.transformer import Transformer, TransformerConfig
 
 HF_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
@@ -38,18 +38,19 @@ def config_from_hf(hf: dict, dtype: str = "float32") -> TransformerConfig:
     """A ``TransformerConfig`` from a GPT-2 ``config.json`` dict."""
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise WeightsError(f"GPT-2 activation {hf['activation_function']!r} is not supported; jirl uses the tanh GELU (gelu_new)")
-    return TransformerConfig(
-        vocab_size=hf["vocab_size"],
-        family="gpt2",
-        d_model=hf["n_embd"],
-        num_layers=hf["n_layer"],
-        num_heads=hf["n_head"],
-        d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
-        max_len=hf["n_positions"],
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        tie_embeddings=True,
-        dtype=dtype,
-    )
+    with hf_sizes_checked(hf, "n_embd", "n_layer", "n_head", "n_positions", "vocab_size"):
+        return TransformerConfig(
+            vocab_size=hf["vocab_size"],
+            family="gpt2",
+            d_model=hf["n_embd"],
+            num_layers=hf["n_layer"],
+            num_heads=hf["n_head"],
+            d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+            max_len=hf["n_positions"],
+            norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+            tie_embeddings=True,
+            dtype=dtype,
+        )
 
 
 def config_to_hf(config: TransformerConfig) -> dict:

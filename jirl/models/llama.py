@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, load_params, read_hf_config, transpose
+from jirl.models.loading import SafetensorsSource, TensorRule, WeightsError, hf_sizes_checked, load_params, read_hf_config, transpose
 from jirl.models.transformer import Transformer, TransformerConfig
 
 HF_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
@@ -43,22 +43,23 @@ def config_from_hf(hf: dict, max_len: int | None = None, dtype: str = "float32")
         raise WeightsError("sliding-window attention (use_sliding_window=true) is not supported; jirl attends over the whole context")
     heads = hf["num_attention_heads"]
     qwen2 = hf.get("model_type") == "qwen2"
-    return TransformerConfig(
-        vocab_size=hf["vocab_size"],
-        family="llama",
-        d_model=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        num_kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=hf.get("head_dim"),
-        d_ff=hf["intermediate_size"],
-        max_len=max_len or hf.get("max_position_embeddings", 2048),
-        rope_base=float(rope_base),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=qwen2 or bool(hf.get("attention_bias", False)),
-        dtype=dtype,
-    )
+    with hf_sizes_checked(hf, "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"):
+        return TransformerConfig(
+            vocab_size=hf["vocab_size"],
+            family="llama",
+            d_model=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim"),
+            d_ff=hf["intermediate_size"],
+            max_len=max_len or hf.get("max_position_embeddings", 2048),
+            rope_base=float(rope_base),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=qwen2 or bool(hf.get("attention_bias", False)),
+            dtype=dtype,
+        )
 
 
 def config_to_hf(config: TransformerConfig) -> dict:

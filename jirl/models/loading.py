@@ -15,6 +15,7 @@ and the weights is refused with the tensor's name and both shapes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -68,6 +69,17 @@ class WeightsError(JirlError):
     """Weights that do not fit the model: missing tensors, wrong shapes, unknown formats."""
 
 
+@contextlib.contextmanager
+def hf_sizes_checked(hf: dict, *keys: str):
+    """Turn the ``ValueError`` of a ``TransformerConfig`` built from a ``config.json`` dict into
+    a ``WeightsError`` that shows the file's own size fields (``keys``)."""
+    try:
+        yield
+    except ValueError as error:
+        sizes = ", ".join(f"{key}={hf.get(key)}" for key in keys)
+        raise WeightsError(f"config.json does not describe a model ({sizes}): {error}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Tensor sources
 
@@ -87,18 +99,27 @@ class DictSource:
         return np.asarray(self.tensors[name])
 
 
+def open_safetensors(file: Path):
+    """A lazy ``safe_open`` handle on ``file``; a damaged file (truncated download, not a
+    safetensors file) is a ``WeightsError`` naming it."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(file), framework="numpy")
+    except Exception as error:  # noqa: BLE001  (the Rust reader's errors have no common Python base)
+        raise WeightsError(f"{file} is not a readable safetensors file ({error}); it may be truncated: download it again") from None
+
+
 class SafetensorsSource:
     """The tensors of a Hugging Face checkpoint folder (one or several ``*.safetensors`` files)
     or of a single file, read lazily by name."""
 
     def __init__(self, path: str | Path):
-        from safetensors import safe_open
-
         path = Path(path)
         files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
         if not files or not all(f.exists() for f in files):
             raise WeightsError(f"no safetensors weights at {path}: expected a model.safetensors file or a folder holding one")
-        self._files = {f: safe_open(str(f), framework="numpy") for f in files}
+        self._files = {f: open_safetensors(f) for f in files}
         self._where = {name: f for f, handle in self._files.items() for name in handle.keys()}
 
     def names(self) -> list[str]:
@@ -107,7 +128,11 @@ class SafetensorsSource:
 
     def read(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a NumPy array, read from the file that holds it."""
-        return self._files[self._where[name]].get_tensor(name)
+        file = self._where[name]
+        try:
+            return self._files[file].get_tensor(name)
+        except Exception as error:  # noqa: BLE001
+            raise WeightsError(f"cannot read tensor {name!r} from {file} ({error}); it may be truncated: download it again") from None
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The shape of tensor ``name``, read from the file header without loading the data."""

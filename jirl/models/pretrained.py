@@ -8,9 +8,10 @@ architecture, its tokenizer from the file's metadata) or a Hugging Face folder (
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
-from jirl.config import JirlError
+from jirl.config import Check, JirlError
 from jirl.models import gpt2, llama
 from jirl.models.loading import read_hf_config
 from jirl.models.tokenizers import Tokenizer, check_vocab_matches, load_tokenizer, tokenizer_from_gguf
@@ -66,6 +67,20 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
 
 
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` can name a model: a preset, an existing path, or an ``org/name`` hub id."""
+    if not name.strip():
+        return False
+    return name in PRETRAINED or Path(name).expanduser().exists() or _looks_like_hub_id(name)
+
+
+# ``model: Annotated[str, pretrained_model]``: refuse a name that cannot be loaded before any work.
+pretrained_model = Check(
+    is_model_name,
+    lambda: f"a known model ({', '.join(PRETRAINED.names())}), an existing .gguf file or Hugging Face folder, or an org/name hub id",
+)
+
+
 def download_from_hub(repo_id: str) -> Path:
     """The local snapshot of a Hugging Face hub model (config, safetensors weights, tokenizer
     files only), downloaded once into the hub cache. Raises a clear error when the hub cannot
@@ -90,6 +105,7 @@ def load_pretrained(name_or_path: str, mesh=None, strategy: str = "replicate", m
         return PRETRAINED.get(name_or_path)(mesh=mesh, strategy=strategy, max_len=max_len)
     path = Path(name_or_path).expanduser()
     if not path.exists() and _looks_like_hub_id(name_or_path):
+        print(f"{name_or_path!r} is not a local path: fetching it from the Hugging Face hub", file=sys.stderr)
         path = download_from_hub(name_or_path)
     if not path.exists():
         raise JirlError(

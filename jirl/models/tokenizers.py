@@ -8,22 +8,29 @@
 
 Both return a ``Tokenizer``: a thin wrapper around ``tokenizers.Tokenizer`` with the special token
 ids and ``apply_chat_template`` (the model's jinja2 template rendered in a sandbox, as transformers
-renders it).
+renders it). A rendering may hold at most ``MAX_CHAT_TEMPLATE_CHARS`` characters (1,000,000); a
+template that would write more is refused, before the text is built where the sandbox can tell.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from jirl.config import JirlError
+
+# The most characters a chat template may render (and the longest string or list it may build on
+# the way): a chat prompt is a few thousand tokens, so 1,000,000 characters is generous, while a
+# hostile or broken template (``{{ 'a' * 200000000 }}``) is stopped before it eats the memory.
+MAX_CHAT_TEMPLATE_CHARS = 1_000_000
 
 # llama.cpp's token types (``tokenizer.ggml.token_type``).
 TOKEN_TYPE_CONTROL = 3
@@ -124,7 +131,11 @@ class Tokenizer:
         """Render ``messages`` (``[{"role": ..., "content": ...}, ...]``) with the model's chat template.
 
         ``add_generation_prompt`` appends the header of an assistant turn. Extra keyword arguments
-        become template variables, as in transformers.
+        become template variables, as in transformers. A rendering longer than
+        ``MAX_CHAT_TEMPLATE_CHARS`` characters is refused with a ``JirlError``: the text is
+        produced piece by piece and dropped as soon as it passes the cap, and repeating,
+        concatenating or padding a string or list past the cap inside the template is refused
+        before it happens.
         """
         if self.chat_template is None:
             raise JirlError(f"Tokenizer {self.source!r} has no chat template.")
@@ -137,9 +148,15 @@ class Tokenizer:
             "messages": [dict(message) for message in messages],
             "add_generation_prompt": add_generation_prompt,
         }
-        template = compile_chat_template(self.chat_template)
         try:
-            return template.render(**context)
+            template = compile_chat_template(self.chat_template)
+            return render_capped(template, context)
+        except ChatTemplateTooLong as err:
+            raise JirlError(
+                f"The chat template of {self.source!r} was refused: {err}. A chat prompt may be at most "
+                f"MAX_CHAT_TEMPLATE_CHARS = {MAX_CHAT_TEMPLATE_CHARS:,} characters; check the template and the "
+                "length of the messages"
+            ) from None
         except ChatTemplateError as err:
             raise JirlError(f"The chat template of {self.source!r} refused the messages: {err}") from err
         except jinja2.TemplateError as err:  # includes the sandbox's SecurityError
@@ -157,14 +174,166 @@ class ChatTemplateError(Exception):
     """Raised from inside a template through its ``raise_exception`` helper."""
 
 
+class ChatTemplateTooLong(SecurityError):
+    """A chat template that renders (or builds on the way) more than ``MAX_CHAT_TEMPLATE_CHARS``."""
+
+
+def check_template_size(length: int, what: str) -> None:
+    """``ChatTemplateTooLong`` when ``length`` (of ``what``) passes ``MAX_CHAT_TEMPLATE_CHARS``."""
+    if length > MAX_CHAT_TEMPLATE_CHARS:
+        raise ChatTemplateTooLong(f"{what} would be {length:,} long, over the cap of {MAX_CHAT_TEMPLATE_CHARS:,}")
+
+
+def render_capped(template: Any, context: Mapping[str, Any]) -> str:
+    """``template.render(**context)``, piece by piece, stopping with ``ChatTemplateTooLong`` as
+    soon as the text passes ``MAX_CHAT_TEMPLATE_CHARS`` characters."""
+    pieces, length = [], 0
+    for piece in template.generate(**context):
+        length += len(piece)
+        check_template_size(length, "the rendered chat prompt")
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple))
+
+
+def _count(value: Any) -> int | None:
+    """``value`` as a repeat count (an int, not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# Widths in printf-style (``%10s``) and str.format (``{:>10}``) format strings.
+_PERCENT_WIDTH = re.compile(r"%[#0 +\-]*(\d+)")
+_FORMAT_WIDTH = re.compile(r"\{[^{}]*:[^{}\d]*(\d+)")
+
+
+def _check_format_widths(template: str, pattern: re.Pattern) -> None:
+    widest = max((int(width) for width in pattern.findall(template)), default=0)
+    check_template_size(widest, "a field width in a format string")
+
+
+def _check_binop(op: str, left: Any, right: Any) -> None:
+    """Refuse ``left <op> right`` (an operator the chat sandbox intercepts) when its result would
+    pass the cap (for ``**``: have more digits than that), before it is computed."""
+    if op == "*":
+        times = _count(right) if _sized(left) else _count(left) if _sized(right) else None
+        if times is not None:
+            check_template_size(max(times, 0) * len(left if _sized(left) else right), "a repeated string or list")
+    elif op == "+":
+        if _sized(left) and _sized(right):
+            check_template_size(len(left) + len(right), "a concatenated string or list")
+    elif op == "%":
+        if isinstance(left, str):
+            _check_format_widths(left, _PERCENT_WIDTH)
+            if "*" in left:  # widths taken from the arguments
+                for value in right if isinstance(right, tuple) else (right,):
+                    if _count(value) is not None:
+                        check_template_size(abs(value), "a field width in a format string")
+    elif op == "**":
+        base, exponent = _count(left), _count(right)
+        if base is not None and exponent is not None and exponent > 0 and abs(base) > 1:
+            check_template_size(exponent * abs(base).bit_length() // 3, "the digits of a power")
+
+
+# String methods that can make a long string out of a short one, each with the length of the
+# string it would make: f(the string, positional arguments) -> length (checked before the call).
+_STRING_METHOD_SIZES = {
+    "ljust": lambda s, args: max(len(s), _count(args[0]) or 0),
+    "rjust": lambda s, args: max(len(s), _count(args[0]) or 0),
+    "center": lambda s, args: max(len(s), _count(args[0]) or 0),
+    "zfill": lambda s, args: max(len(s), _count(args[0]) or 0),
+    "expandtabs": lambda s, args: len(s) + s.count("\t") * max(_count(args[0]) or 8, 0),
+    "replace": lambda s, args: len(s) + s.count(args[0]) * max(len(args[1]) - len(args[0]), 0)
+    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str) else len(s),
+    "join": lambda s, args: sum(len(x) if isinstance(x, str) else 0 for x in args[0]) + len(s) * len(args[0])
+    if isinstance(args[0], (list, tuple)) else 0,
+}
+
+
+class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, with the size checks of ``MAX_CHAT_TEMPLATE_CHARS`` on the
+    operators, string methods and filters that can make long text out of short."""
+
+    # Intercepted operators are not folded at compile time either, so the checks always run.
+    intercepted_binops = frozenset({"*", "+", "%", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Refuse a ``*``, ``+``, ``%`` or ``**`` whose result would pass the output cap, before computing it."""
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        """Refuse string methods and filters whose result would pass the output cap, then call."""
+        owner = getattr(__obj, "__self__", None)
+        name = getattr(__obj, "__name__", "")
+        if isinstance(owner, str) and args:
+            size = _STRING_METHOD_SIZES.get(name)
+            if size is not None:
+                check_template_size(size(owner, args), f"the result of str.{name}")
+        wrapped = getattr(getattr(__obj, "__wrapped__", None), "__self__", None)  # the sandbox's str.format
+        if isinstance(wrapped, str) and name in ("format", "format_map"):
+            _check_format_widths(wrapped, _FORMAT_WIDTH)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _bounded_filter(name: str, size: Any, filter_fn: Any) -> Any:
+    """jinja2's filter ``filter_fn`` with a check of the length it would make, ``size(value,
+    args)``, before it runs."""
+
+    takes_context = getattr(filter_fn, "jinja_pass_arg", None) is not None  # e.g. replace: eval context first
+
+    @functools.wraps(filter_fn)
+    def bounded(*args: Any, **kwargs: Any) -> Any:
+        value, *rest = args[1:] if takes_context else args
+        check_template_size(size(value, tuple(rest), kwargs), f"the result of the {name!r} filter")
+        return filter_fn(*args, **kwargs)
+
+    return bounded
+
+
+def _indent_size(value: Any, args: tuple, kwargs: dict) -> int:
+    width = args[0] if args else kwargs.get("width", 4)
+    width = len(width) if isinstance(width, str) else max(_count(width) or 0, 0)
+    return len(str(value)) + width * (str(value).count("\n") + 1)
+
+
+def _center_size(value: Any, args: tuple, kwargs: dict) -> int:
+    return max(len(str(value)), _count(args[0] if args else kwargs.get("width", 80)) or 0)
+
+
+def _replace_size(value: Any, args: tuple, kwargs: dict) -> int:
+    text = str(value)
+    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        return len(text) + text.count(args[0]) * max(len(args[1]) - len(args[0]), 0)
+    return len(text)
+
+
+def _format_filter_size(value: Any, args: tuple, kwargs: dict) -> int:
+    if isinstance(value, str):
+        _check_format_widths(value, _PERCENT_WIDTH)
+    return len(str(value))
+
+
 def raise_exception(message: str) -> None:
     """Template helper: templates call it to reject the conversation they were given."""
     raise ChatTemplateError(message)
 
 
 def tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False) -> str:
-    """Template filter: JSON as transformers renders it (non-ASCII kept, unlike jinja2's own filter)."""
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+    """Template filter: JSON as transformers renders it (non-ASCII kept, unlike jinja2's own filter).
+
+    Written piece by piece, stopping once it passes ``MAX_CHAT_TEMPLATE_CHARS`` characters."""
+    if isinstance(indent, int) and not isinstance(indent, bool):
+        check_template_size(indent, "the indent of the 'tojson' filter")
+    encoder = json.JSONEncoder(indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+    pieces, length = [], 0
+    for piece in encoder.iterencode(value):
+        length += len(piece)
+        check_template_size(length, "the result of the 'tojson' filter")
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def strftime_now(format_string: str) -> str:
@@ -176,9 +345,12 @@ def strftime_now(format_string: str) -> str:
 def compile_chat_template(template: str) -> Any:
     """Compile a chat template in jinja2's immutable sandbox with transformers' settings and helpers."""
     # trim_blocks / lstrip_blocks: templates are written expecting the whitespace handling HF uses.
-    environment = ImmutableSandboxedEnvironment(
+    environment = ChatTemplateEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
     )
+    for name, size in (("center", _center_size), ("indent", _indent_size), ("replace", _replace_size),
+                       ("format", _format_filter_size)):
+        environment.filters[name] = _bounded_filter(name, size, environment.filters[name])
     environment.filters["tojson"] = tojson
     environment.globals["raise_exception"] = raise_exception
     environment.globals["strftime_now"] = strftime_now

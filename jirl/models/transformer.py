@@ -14,11 +14,13 @@ Functional use (DESIGN.md contract 1)::
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+
+from jirl.config import ConfigError, at_least
 
 Family = Literal["llama", "gpt2"]
 
@@ -54,6 +56,11 @@ class TransformerConfig:
     def __post_init__(self):
         if self.family not in ("llama", "gpt2"):
             raise ValueError(f"unknown model family {self.family!r}; use 'llama' or 'gpt2'")
+        sizes = {"vocab_size": self.vocab_size, "d_model": self.d_model, "num_layers": self.num_layers,
+                 "num_heads": self.num_heads, "max_len": self.max_len, "num_kv_heads": self.kv_heads}
+        bad = {name: size for name, size in sizes.items() if size < 1}
+        if bad:
+            raise ValueError(f"model sizes must be >= 1, got {bad}")
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
@@ -345,11 +352,19 @@ class ModelSize:
     context come from the task. ``build`` gives the full ``TransformerConfig``."""
 
     family: Family = "llama"
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int | None = None  # None: one kv head per query head; fewer gives GQA
+    d_model: Annotated[int, at_least(1)] = 64
+    num_layers: Annotated[int, at_least(1)] = 2
+    num_heads: Annotated[int, at_least(1)] = 4
+    num_kv_heads: Annotated[int | None, at_least(1)] = None  # None: one kv head per query head; fewer gives GQA
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def validate(self) -> None:
+        """The sizes must make a model (heads divide ``d_model``, kv heads divide heads, an even
+        head dimension for rotary embeddings)."""
+        try:
+            self.build(vocab_size=2, max_len=2)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def build(self, vocab_size: int, max_len: int) -> TransformerConfig:
         """The full ``TransformerConfig`` of this size for a task's ``vocab_size`` and context

@@ -11,11 +11,14 @@ The reference stays the initial policy: train ``params = with_reference(policy, 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from jirl.config import at_least, finite, non_negative, positive
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.rewards.annotation import annotate
@@ -28,10 +31,10 @@ class OnlineConfig:
     ``updates_per_iteration`` gradient steps per batch, the annotator's Bradley-Terry inverse
     temperature ``beta_ann`` and the sampling ``temperature``."""
 
-    prompts_per_iteration: int = 32  # one pair per prompt
-    updates_per_iteration: int = 1
-    beta_ann: float = 1.0  # the annotator's Bradley-Terry inverse temperature
-    temperature: float = 1.0
+    prompts_per_iteration: Annotated[int, at_least(1)] = 32  # one pair per prompt
+    updates_per_iteration: Annotated[int, at_least(1)] = 1
+    beta_ann: Annotated[float, finite, non_negative] = 1.0  # the annotator's Bradley-Terry inverse temperature
+    temperature: Annotated[float, finite, positive] = 1.0
 
 
 def sample_pairs(key, task, graphdef, params, config: OnlineConfig, reward_fn=None) -> tuple[dict, dict]:

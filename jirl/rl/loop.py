@@ -19,19 +19,21 @@ value loss is added with weight ``value_coef`` (PPO, Schulman et al. 2017).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jirl.config import ConfigError, at_least, finite, non_negative, positive, probability, registered
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.scoring import gather_response, response_log_probs
 from jirl.rl.advantages import ADVANTAGES, check_rewards, gae_returns
 from jirl.rl.kl import kl_loss_terms, kl_penalized_rewards, kl_terms
 from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, clipped_value_terms, masked_mean
+from jirl.train.loop import NonFiniteLossError
 
 
 @dataclasses.dataclass
@@ -43,21 +45,30 @@ class RLConfig:
     (``kl_in``: the reward or the loss) and its estimator; the sampling ``temperature``; GAE's
     ``gamma`` and ``lam``; the critic's loss weight ``value_coef`` and ``value_clip``."""
 
-    advantage: str = "rloo"  # a name in ADVANTAGES
-    policy_loss: str = "pg"  # a name in POLICY_LOSSES
+    advantage: Annotated[str, registered(ADVANTAGES)] = "rloo"  # a name in ADVANTAGES
+    policy_loss: Annotated[str, registered(POLICY_LOSSES)] = "pg"  # a name in POLICY_LOSSES
     aggregation: Literal["token_mean", "sequence_mean", "sequence_sum"] = "sequence_sum"
-    group_size: int = 8  # responses per prompt (RLOO/GRPO groups)
-    prompts_per_iteration: int = 16
-    epochs: int = 1
-    minibatches: int = 1
-    kl_coef: float = 0.0  # beta of J = E[R] - beta KL(pi || pi_ref)
+    group_size: Annotated[int, at_least(1)] = 8  # responses per prompt (RLOO/GRPO groups)
+    prompts_per_iteration: Annotated[int, at_least(1)] = 16
+    epochs: Annotated[int, at_least(1)] = 1
+    minibatches: Annotated[int, at_least(1)] = 1
+    kl_coef: Annotated[float, finite, non_negative] = 0.0  # beta of J = E[R] - beta KL(pi || pi_ref)
     kl_in: Literal["reward", "loss"] = "reward"
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    temperature: float = 1.0
-    gamma: float = 1.0  # GAE discount (token-level MDP: no discounting)
-    lam: float = 0.95  # GAE lambda
-    value_coef: float = 0.5  # weight of the critic's loss (critic runs only)
-    value_clip: float | None = 0.2
+    temperature: Annotated[float, finite, positive] = 1.0
+    gamma: Annotated[float, probability] = 1.0  # GAE discount (token-level MDP: no discounting)
+    lam: Annotated[float, probability] = 0.95  # GAE lambda
+    value_coef: Annotated[float, finite, non_negative] = 0.5  # weight of the critic's loss (critic runs only)
+    value_clip: Annotated[float | None, positive] = 0.2
+
+    def validate(self) -> None:
+        """Minibatches must split an iteration's samples evenly."""
+        rows = self.prompts_per_iteration * self.group_size
+        if rows % self.minibatches:
+            raise ConfigError(
+                f"minibatches={self.minibatches} does not divide the {rows} samples of an iteration "
+                f"(prompts_per_iteration x group_size); pick a divisor of {rows}"
+            )
 
 
 def critic_values(critic_graphdef, critic_params, tokens, prompt_lens, horizon):
@@ -183,6 +194,12 @@ def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConf
         for start in range(0, rows, size):
             index = order[start : start + size]
             state, step_metrics = step_fn(state, jax.tree_util.tree_map(lambda v: v[index], batch))
+            if bool(step_metrics.get("nonfinite", False)):
+                shown = ", ".join(f"{k}={float(v):.4g}" for k, v in step_metrics.items() if np.ndim(v) == 0 and k != "nonfinite")
+                raise NonFiniteLossError(
+                    f"the RL loss, gradient or update became NaN/inf (epoch {epoch + 1}, update metrics: {shown}); the "
+                    "update was not applied. Lower the learning rate or the temperature, or check the rewards."
+                )
     metrics.update({f"update/{k}": float(v) for k, v in step_metrics.items() if np.ndim(v) == 0})
     return state, metrics
 

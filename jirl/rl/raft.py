@@ -14,11 +14,14 @@ KL, see ``jirl.mdp.best_of_n``); there is no KL leash besides the number of roun
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+from jirl.config import at_least, finite, positive
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.rl.advantages import check_rewards
@@ -30,10 +33,10 @@ class RAFTConfig:
     ``prompts_per_iteration``, ``epochs`` of SFT over the kept responses and the sampling
     ``temperature``."""
 
-    n: int = 8  # responses sampled per prompt; the best one is kept
-    prompts_per_iteration: int = 16
-    epochs: int = 1  # SFT passes over the kept responses per round
-    temperature: float = 1.0
+    n: Annotated[int, at_least(1)] = 8  # responses sampled per prompt; the best one is kept
+    prompts_per_iteration: Annotated[int, at_least(1)] = 16
+    epochs: Annotated[int, at_least(1)] = 1  # SFT passes over the kept responses per round
+    temperature: Annotated[float, finite, positive] = 1.0
 
 
 def best_in_groups(scores: jax.Array, group_size: int) -> jax.Array:

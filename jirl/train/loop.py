@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterator, Literal
+from typing import Annotated, Callable, Iterator, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from rich.text import Text
 
-from jirl.config import JirlError, diff_configs
+from jirl.config import Check, ConfigError, JirlError, at_least, diff_configs, finite, non_negative, positive
 from jirl.experiment import RunDir
-from jirl.train.checkpoint import CheckpointManager
+from jirl.train.checkpoint import CheckpointManager, NoReadableCheckpointError
 from jirl.train.logging import METRICS_FILE, TIMING_FILE, TrainLogger, to_floats, truncate_metrics
 from jirl.train.sharding import make_mesh, shard_batch, shard_state
 from jirl.train.step import TrainState
@@ -38,23 +39,34 @@ class IncompatibleResumeError(JirlError, ValueError):
     """A run was resumed with settings that differ from the checkpointed ones."""
 
 
+MESH_AXIS = Check(lambda size: size == -1 or size >= 1, "-1 (all devices) or >= 1")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Optimisation and bookkeeping settings shared by training experiments."""
 
-    steps: int = 300
-    batch_size: int = 64
-    learning_rate: float = 3e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-    accumulation_steps: int = 1
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    eval_every: int = 50
-    mesh_data: int = -1  # data-parallel axis size (-1: all devices / fsdp)
-    mesh_fsdp: int = 1
+    steps: Annotated[int, at_least(1)] = 300
+    batch_size: Annotated[int, at_least(1)] = 64
+    learning_rate: Annotated[float, finite, non_negative] = 3e-3
+    warmup_steps: Annotated[int, non_negative] = 20
+    weight_decay: Annotated[float, finite, non_negative] = 0.0
+    clip_norm: Annotated[float, positive] = 1.0
+    accumulation_steps: Annotated[int, at_least(1)] = 1
+    checkpoint_every: Annotated[int, at_least(1)] = 100
+    keep_checkpoints: Annotated[int, at_least(1)] = 3
+    eval_every: Annotated[int, at_least(1)] = 50
+    mesh_data: Annotated[int, MESH_AXIS] = -1  # data-parallel axis size (-1: all devices / fsdp)
+    mesh_fsdp: Annotated[int, at_least(1)] = 1
     sharding: Literal["replicate", "fsdp"] = "replicate"
+
+    def validate(self) -> None:
+        """Gradient accumulation must split a batch into equal micro-batches."""
+        if self.batch_size % self.accumulation_steps:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is not divisible by accumulation_steps={self.accumulation_steps}; "
+                "change one so that micro-batches are equal"
+            )
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -140,10 +152,21 @@ def fit(
     mesh = make_mesh(data=train.mesh_data, fsdp=train.mesh_fsdp)
     state = shard_state(state, mesh, train.sharding)
     manager = CheckpointManager(run.path / CHECKPOINT_DIR, keep_last=train.keep_checkpoints)
+    metadata = None
+    if resume and manager.latest_step() is not None:
+        try:
+            check_resume_config(manager.metadata()["config"], config)  # compare settings before loading any array
+            state, metadata = manager.restore(_abstract(state))
+        except NoReadableCheckpointError as error:  # every one was moved aside (kept), none is left
+            run.console.print(Text(str(error), style="yellow"))
+    if resume and metadata is None:
+        # Stopped before its first checkpoint (e.g. while preparing data), or none was readable.
+        run.console.print(Text(f"nothing was checkpointed in {manager.directory}: training starts from step 0", style="yellow"))
+        resume = False
+        if jax.process_index() == 0:
+            for name in (METRICS_FILE, TIMING_FILE):
+                truncate_metrics(run.path / name, 0)
     if resume:
-        if manager.latest_step() is not None:  # compare settings before loading any array
-            check_resume_config(manager.metadata()["config"], config)
-        state, metadata = manager.restore(_abstract(state))
         check_resume_config(metadata["config"], config)
         batches.set_state(metadata["data_state"])
         if jax.process_index() == 0:

@@ -127,7 +127,8 @@ def update_fn(
     """The pure (un-jitted) update ``step(state, batch) -> (state, metrics)``.
 
     Metrics: ``loss`` (= sum of totals / sum of counts, exact), ``count``, ``grad_norm``,
-    ``nonfinite`` (True when the loss or gradient was NaN/inf: the update is then skipped and
+    ``nonfinite`` (True when the loss, gradient or update was NaN/inf, e.g. a NaN learning rate:
+    the update is then skipped and
     the state returned unchanged apart from the key, so the caller can stop with the last good
     state), and the objective's own metrics (mean over micro-batches).
     """
@@ -145,7 +146,7 @@ def update_fn(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(updates))
         keep_if_bad = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = state.replace(
             params=keep_if_bad(params, state.params),

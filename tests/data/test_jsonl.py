@@ -67,3 +67,30 @@ def test_a_data_error_is_a_jirl_error_and_a_value_error(tmp_path):
         read_jsonl(tmp_path / "nope.jsonl")
     with pytest.raises(ValueError):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_a_byte_order_mark_at_the_start_is_accepted(tmp_path):
+    text = '{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": "d"}\n'
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    rows, _ = read_jsonl(path)
+    assert [row.values for row in rows] == [{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]
+    gz = tmp_path / "bom.jsonl.gz"
+    gz.write_bytes(gzip.compress(b"\xef\xbb\xbf" + text.encode("utf-8")))
+    assert [row.values for row in read_jsonl(gz)[0]] == [row.values for row in rows]
+
+
+def test_non_utf8_bytes_are_named_by_line_column_and_byte(tmp_path):
+    good = b'{"prompt": "a", "response": "b"}\n'
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(good + b"\n" + good + b'{"prompt": "caf\xe9", "response": "z"}\n' + good)  # Latin-1 on line 4
+    with pytest.raises(DataError, match=r"latin\.jsonl:4: not UTF-8 text: byte 0xe9 at column 16 \(byte 16 of the line\)"):
+        read_jsonl(path)
+    # Columns count characters and bytes count bytes: "é" is two bytes before the bad one.
+    path.write_bytes(b'{"prompt": "\xc3\xa9\xff"}\n')
+    with pytest.raises(DataError, match=r"latin\.jsonl:1: not UTF-8 text: byte 0xff at column 14 \(byte 15 of the line\)"):
+        read_jsonl(path)
+    gz = tmp_path / "latin.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"prompt": "a", "response": "b"}\n{"prompt": "\x80"}\n'))
+    with pytest.raises(DataError, match=r"latin\.jsonl\.gz:2: not UTF-8 text: byte 0x80 at column 13 \(byte 13"):
+        read_jsonl(gz)

@@ -364,9 +364,11 @@ def test_jsonl_preferences_end_to_end(jsonl_dir, tmp_path):
     assert report["dropped"] == {"identical": 1, "empty_prompt": 0, "empty_response": 1}
     assert report["files"]["train.jsonl"]["dropped_lines"]["identical"] == [2]
     assert report["splits"] == {
-        "train": {"pairs": 2, "truncated": 0, "prompt_truncated": 0},
-        "test": {"pairs": 1, "truncated": 0, "prompt_truncated": 0},
+        "train": {"pairs": 2, "truncated": 0, "prompt_truncated": 0, "long_prompts": 0},
+        "test": {"pairs": 1, "truncated": 0, "prompt_truncated": 0, "long_prompts": 0},
     }
+    assert report["duplicates"] == {"count": 0, "first": None, "first_repeats": None}
+    assert report["long_prompts"] == {"count": 0, "first": None}
     with batch_iterator(data_source(builder, "train"), 2, seed=3, num_epochs=1) as batches:
         (batch,) = list(batches)
     assert sorted(batch["margin"].tolist()) == [0.0, 2.0] and batch["chosen"].dtype == np.int32
@@ -382,6 +384,37 @@ def test_jsonl_preferences_byte_tokenizer_truncates_and_reports(jsonl_dir, tmp_p
     assert decode_pair(BYTES, second) == {"prompt": "?", "chosen": "g", "rejected": "h ha"}
     np.testing.assert_array_equal(second["rejected"], ids("?h ha"))
     assert (second["prompt_len"], second["chosen_len"], second["rejected_len"]) == (1, 2, 4)
+
+
+def test_jsonl_preferences_report_duplicates_and_long_prompts_with_their_first_line(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    pair = {"prompt": "ab", "chosen": "c", "rejected": "d"}
+    write_jsonl(
+        manual / "train.jsonl",
+        [
+            {"prompt": "a", "chosen": "b", "rejected": "c"},
+            pair,
+            {"prompt": "abcdefgh", "chosen": "a", "rejected": "b"},  # 8 prompt tokens >= max_len 6
+            {"prompt": "aa", "chosen": "b", "rejected": "b"},  # dropped (identical), so not a duplicate
+            {**pair, "margin": 1.5},  # the same texts: a duplicate of line 2
+            {"prompt": "abcdef", "chosen": "a", "rejected": "b"},  # 6 tokens: fills max_len too
+            pair,
+        ],
+    )
+    write_jsonl(manual / "test.jsonl", [{"prompt": "b", "chosen": "a", "rejected": "c"}, pair])  # a train pair again
+    builder = prepare(JsonlPreferences, tmp_path / "tfds", manual_dir=manual, max_len=6)
+    report = preference_report(builder)
+    train, test = manual / "train.jsonl", manual / "test.jsonl"
+    assert report["duplicates"] == {"count": 3, "first": f"{train}:5", "first_repeats": f"{train}:2"}
+    assert report["long_prompts"] == {"count": 2, "first": f"{train}:3"}
+    assert report["splits"]["train"]["long_prompts"] == 2 and report["splits"]["test"]["long_prompts"] == 0
+    assert report["kept"] == 8 and len(read_all(builder, "train")) == 6  # duplicates are kept
+    # Only the test file repeats: the first repeat is found there, naming the train line it repeats.
+    write_jsonl(manual / "train.jsonl", [pair, {"prompt": "abcdefgh", "chosen": "a", "rejected": "b"}])
+    report = preference_report(prepare(JsonlPreferences, tmp_path / "tfds", manual_dir=manual, max_len=6))
+    assert report["duplicates"] == {"count": 1, "first": f"{test}:2", "first_repeats": f"{train}:1"}
+    assert report["long_prompts"] == {"count": 1, "first": f"{train}:2"}
 
 
 @pytest.mark.parametrize(

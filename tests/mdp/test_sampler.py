@@ -133,3 +133,40 @@ def test_bad_inputs_get_clear_errors():
         generate(graphdef, params, prompts, lens.at[0].set(0), jax.random.key(0), SamplingConfig(4, EOS))
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(4, EOS, temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=float("nan")), "temperature must be a finite number > 0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number > 0"),
+        (dict(temperature=-1.0), "temperature must be a finite number > 0"),
+        (dict(top_p=0.0), r"top_p must be a number in \(0, 1\]"),
+        (dict(top_p=-1.0), r"top_p must be a number in \(0, 1\]"),
+        (dict(top_p=float("nan")), r"top_p must be a number in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be an integer >= 0"),
+        (dict(top_k=2.5), "top_k must be an integer >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
+        (dict(max_new_tokens=2.0), "max_new_tokens must be an integer >= 1"),
+        (dict(eos_id=None), "eos_id must be a token id"),
+        (dict(eos_id=-1), "eos_id must be a token id"),
+        (dict(greedy="yes"), "greedy must be True or False"),
+    ],
+)
+def test_sampling_config_refuses_bad_values(kwargs, message):
+    values = dict(max_new_tokens=4, eos_id=EOS) | kwargs
+    with pytest.raises(ValueError, match=message):
+        SamplingConfig(**values)
+
+
+def test_filter_logits_and_generate_check_their_arguments():
+    logits = jnp.zeros((1, 4))
+    with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\]"):
+        filter_logits(logits, top_p=float("nan"))
+    with pytest.raises(ValueError, match="top_k must be an integer >= 0"):
+        filter_logits(logits, top_k=-2)
+    graphdef, params = model(llama_tiny(VOCAB, max_len=16))
+    prompts, lens = ragged_prompts(width=5)
+    with pytest.raises(TypeError, match="config must be a SamplingConfig"):
+        generate(graphdef, params, prompts, lens, jax.random.key(0), dict(max_new_tokens=4, eos_id=EOS))
+    assert SamplingConfig(np.int64(4), np.int32(EOS), temperature=np.float32(0.5)).max_new_tokens == 4

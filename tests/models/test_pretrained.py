@@ -127,3 +127,25 @@ def test_a_hub_id_without_the_hub_is_a_clear_error(monkeypatch):
     # A local Hugging Face folder loads through the same entry point.
     model = load_pretrained(str(FIXTURES / "tiny_qwen2"))
     assert model.config.qkv_bias and model.tokenizer is None
+
+
+def test_an_org_name_that_is_no_local_path_is_fetched_from_the_hub_and_says_so(monkeypatch, capsys, tmp_path):
+    from jirl.config import JirlError
+    from jirl.models import pretrained
+
+    fetched = []
+
+    def offline(repo_id):
+        fetched.append(repo_id)
+        raise JirlError(f"could not fetch {repo_id!r} from the Hugging Face hub")
+
+    monkeypatch.setattr(pretrained, "download_from_hub", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(JirlError, match="could not fetch 'someorg/somemodel'"):
+        pretrained.load_pretrained("someorg/somemodel")
+    assert fetched == ["someorg/somemodel"]
+    assert "'someorg/somemodel' is not a local path: fetching it from the Hugging Face hub" in capsys.readouterr().err
+    (tmp_path / "someorg" / "somemodel").mkdir(parents=True)  # a local folder of that name wins: no fetch
+    with pytest.raises(JirlError, match="config.json"):
+        pretrained.load_pretrained("someorg/somemodel")
+    assert fetched == ["someorg/somemodel"]

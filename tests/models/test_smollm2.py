@@ -76,4 +76,4 @@ def test_jirl_run_chat_answers(tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())
     assert "Paris" in result["reply"] and "Paris" in capsys.readouterr().out
     assert main(["run", "chat", "--out", str(tmp_path / "x"), "--set", "model=no-such-model"]) == 2
-    assert "neither a known model" in capsys.readouterr().err
+    assert "model must be a known model (smollm2-135m-instruct)" in capsys.readouterr().err

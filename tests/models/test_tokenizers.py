@@ -4,6 +4,7 @@ and SmolLM2-135M-Instruct's tokenizer against transformers' ids (slow: fetches t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from tokenizers import pre_tokenizers
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
+import jirl.models.tokenizers as tokenizers_module
 from jirl.config import JirlError
 from jirl.models.gguf import read_gguf, smollm2_gguf_path
 from jirl.models.tokenizers import (
@@ -129,6 +131,48 @@ def test_chat_messages_are_validated():
         tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"content": "b"}])
     with pytest.raises(JirlError, match="does not parse"):
         chat_tokenizer("{% for %}").apply_chat_template([])
+
+
+@pytest.mark.parametrize(
+    "template, what",
+    [
+        ("{{ 'a' * 200000000 }}", "a repeated string or list would be 200,000,000 long"),
+        ("{{ 200000000 * 'ab' }}", "a repeated string or list would be 400,000,000 long"),
+        ("{{ (['x'] * 300000000)|length }}", "a repeated string or list"),
+        ("{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+         "a concatenated string or list"),
+        ("{{ 'a'.ljust(200000000) }}", "str.ljust"),
+        ("{{ 'a'|center(200000000) }}", "'center' filter"),
+        ("{{ 'a'|indent(200000000, true) }}", "'indent' filter"),
+        ("{{ ('ab' * 400000)|replace('a', 'xxxx') }}", "'replace' filter"),
+        ("{{ '%200000000s' % 'a' }}", "a field width in a format string"),
+        ("{{ '{:>200000000}'.format('a') }}", "a field width in a format string"),
+        ("{{ messages|tojson(indent=200000000) }}", "the indent of the 'tojson' filter"),
+        # No single step is too long; the output as a whole is, and is refused as it grows.
+        ("{% for i in range(100000) %}{% for j in range(100000) %}0123456789{% endfor %}{% endfor %}",
+         "the rendered chat prompt would be 1,000,010 long"),
+    ],
+)
+def test_chat_template_output_is_capped(template, what):
+    with pytest.raises(JirlError, match=f"refused: .*{re.escape(what)}.*MAX_CHAT_TEMPLATE_CHARS = 1,000,000"):
+        chat_tokenizer(template).apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_chat_template_cap_counts_the_messages_and_allows_up_to_the_cap(monkeypatch):
+    monkeypatch.setattr(tokenizers_module, "MAX_CHAT_TEMPLATE_CHARS", 20)
+    tokenizer = chat_tokenizer("{% for m in messages %}{{ m['content'] }}{% endfor %}!")
+    exact = "x" * 19
+    assert tokenizer.apply_chat_template([{"role": "user", "content": exact}]) == exact + "!"
+    with pytest.raises(JirlError, match="the rendered chat prompt would be 21 long, over the cap of 20"):
+        tokenizer.apply_chat_template([{"role": "user", "content": exact + "y"}])
+    # Ordinary uses of the checked operators, methods and filters are untouched.
+    monkeypatch.setattr(tokenizers_module, "MAX_CHAT_TEMPLATE_CHARS", 1_000_000)
+    template = (
+        "{{ 'ab' * 2 + 'c' }}|{{ 2 ** 10 }}|{{ '%3s' % 'x' }}|{{ 'x'.ljust(3) }}|{{ 'a{}'.format(1) }}|"
+        "{{ 'ab'|replace('a', 'c') }}|{{ 'x'|center(5) }}|{{ 'a\nb'|indent(2) }}|{{ messages|tojson(indent=1) }}"
+    )
+    text = chat_tokenizer(template).apply_chat_template([{"role": "user", "content": "é"}])
+    assert text == 'ababc|1024|  x|x  |a1|cb|  x  |a\n  b|[\n {\n  "role": "user",\n  "content": "é"\n }\n]'
 
 
 # --------------------------------------------------------------------------- GGUF byte-level BPE

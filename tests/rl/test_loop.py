@@ -73,4 +73,4 @@ def test_grpo_kl_in_reward_reaches_the_optimum_on_gold_rm(tmp_path):
 def test_unknown_algorithm_is_a_clear_error(tmp_path, capsys):
     code = main(["run", "rl_oracle", "--out", str(tmp_path / "r"), "--set", "algorithms=ppo_magic", "iterations=1"])
     assert code == 2
-    assert "unknown algorithm(s) ['ppo_magic']" in capsys.readouterr().err
+    assert "got ppo_magic (unknown 'ppo_magic')" in capsys.readouterr().err

@@ -80,15 +80,30 @@ def test_resuming_with_a_different_config_is_refused_with_the_keys(tmp_path, cap
     assert "train.learning_rate" in err and "seed" in err and "train.steps" not in err
 
 
-def test_resume_of_a_run_folder_without_checkpoints_says_so(tmp_path, capsys):
-    out = tmp_path / "no_checkpoints"
-    out.mkdir()
-    config = config_to_dict(apply_overrides(QuickstartConfig(), SMALL))
-    (out / "config.json").write_text(json.dumps({"experiment": "quickstart", "config": config}))
-    code = main(["run", "quickstart", "--out", str(out), "--resume", "--set", *SMALL])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "no complete checkpoint" in err and "checkpoints" in err
+TINY = ["train.steps=4", "train.checkpoint_every=2", "train.eval_every=2", "num_demos=64", "train.batch_size=16",
+        "rl_iterations=1", "settings.afd.steps=2", "seeds=1"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_preparing_data_resumes_in_its_folder_like_a_fresh_run(tmp_path, capsys):
+    straight = tmp_path / "straight"
+    assert main(["run", "quickstart", "--out", str(straight), "--set", *TINY]) == 0
+    # What a kill during data preparation leaves: the config, a half-written TFDS build, and
+    # possibly metrics of a stage that never reached a checkpoint.
+    killed = tmp_path / "killed"
+    built = next((straight / "data").glob("task_demonstrations/*/1.0.0"))  # <dataset>/<config>/<version>
+    leftover = killed / built.parent.relative_to(straight) / f"incomplete.AB12CD_{built.name}"
+    leftover.mkdir(parents=True)
+    (leftover / "task_demonstrations-train.array_record-00000-of-00001").write_bytes(b"half")
+    (killed / "config.json").write_text((straight / "config.json").read_text())
+    (killed / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    capsys.readouterr()
+
+    assert main(["run", "quickstart", "--out", str(killed), "--resume", "--set", *TINY]) == 0
+    assert "training starts from step 0" in capsys.readouterr().out
+    assert not leftover.exists()
+    assert json.loads((killed / "results.json").read_text()) == json.loads((straight / "results.json").read_text())
+    assert (killed / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
 
 
 def test_resume_with_a_saved_config_of_other_settings_lists_them(tmp_path, capsys):
@@ -138,6 +153,27 @@ def test_a_run_stopped_mid_way_and_resumed_writes_the_metrics_of_an_uninterrupte
 
     read = lambda folder: (tmp_path / folder / "metrics.jsonl").read_bytes()  # noqa: E731
     assert read("stopped") == read("straight"), f"stopped before batch {crash_at}"
+    jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, straight.params)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_zero(tmp_path):
+    graphdef = nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))[0]
+    optimizer = optax.adam(1e-2)
+    step_fn = make_update_step(sft_loss(graphdef), optimizer)
+    train = TrainConfig(steps=6, checkpoint_every=4, eval_every=1)
+
+    def run(folder, batches, resume=False):
+        state = init_train_state(nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))[1], optimizer, jax.random.key(0))
+        return fit(RunDir(tmp_path / folder, console=None), step_fn, state, batches, config={"x": 1}, train=train,
+                   resume=resume, progress=False)
+
+    straight = run("straight", CrashingBatches())
+    with pytest.raises(KeyboardInterrupt):
+        run("stopped", CrashingBatches(crash_at=3))  # before the step-4 checkpoint
+    assert metric_lines(tmp_path / "stopped" / "metrics.jsonl") == 2
+    resumed = run("stopped", CrashingBatches(), resume=True)
+    read = lambda folder: (tmp_path / folder / "metrics.jsonl").read_bytes()  # noqa: E731
+    assert read("stopped") == read("straight")  # the two stale rows are not kept twice
     jax.tree_util.tree_map(np.testing.assert_array_equal, resumed.params, straight.params)
 
 
