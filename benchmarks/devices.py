@@ -43,7 +43,7 @@ OPTIMIZER = optax.sgd(0.1)
 def sharded_step(loss_fn, state, mesh, strategy: str):
     """The update step jitted for ``mesh``: the state placed by ``strategy``, the batch split
     over the data axes, the new state returned in the same layout (so no step recompiles)."""
-    from jirl.train.sharding import batch_sharding, param_shardings
+    from jirl.sharding import batch_sharding, param_shardings
     from jirl.train.step import update_fn
 
     state_shardings = param_shardings(state, mesh, strategy)
@@ -57,7 +57,7 @@ def sharded_step(loss_fn, state, mesh, strategy: str):
 def main(argv=None) -> dict:
     from jirl.models.transformer import Transformer, TransformerConfig
     from jirl.train.sft import sft_loss
-    from jirl.train.sharding import make_mesh
+    from jirl.sharding import make_mesh
     from jirl.train.step import init_train_state
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

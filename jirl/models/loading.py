@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from jirl.config import JirlError
+from jirl.sharding import param_shardings
 
 Path_ = tuple  # a parameter's path in the model state, e.g. ("layers", 0, "attn", "q_proj", "kernel")
 
@@ -182,12 +183,10 @@ def load_params(
 
     Parameters are float32 (jirl keeps parameters in float32; the config's ``dtype`` sets the
     compute dtype). With a ``mesh`` each parameter is placed with its sharding as it is read
-    (``jirl.train.sharding.param_shardings``). Raises ``WeightsError`` naming every missing
+    (``jirl.sharding.param_shardings``). Raises ``WeightsError`` naming every missing
     tensor, or the first tensor whose shape differs from the config's. Checkpoint tensors no
     rule uses are refused too, unless ``ignore(name)`` (e.g. rotary caches).
     """
-    from jirl.train.sharding import param_shardings
-
     graphdef, state = abstract_model(build)
     pure = nnx.to_pure_dict(state)  # nested dict of ShapeDtypeStructs, filled in below
     targets = _flatten(pure)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jirl.experiment import RunDir
+from jirl.run_dir import RunDir
 
 METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.jsonl"

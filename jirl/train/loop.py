@@ -22,10 +22,10 @@ import optax
 from rich.text import Text
 
 from jirl.config import Check, ConfigError, JirlError, at_least, diff_configs, finite, non_negative, positive
-from jirl.experiment import RunDir
+from jirl.run_dir import RunDir
 from jirl.train.checkpoint import CheckpointManager, NoReadableCheckpointError
 from jirl.train.logging import METRICS_FILE, TIMING_FILE, TrainLogger, to_floats, truncate_metrics
-from jirl.train.sharding import make_mesh, shard_batch, shard_state
+from jirl.sharding import make_mesh, shard_batch, shard_state
 from jirl.train.step import TrainState
 
 CHECKPOINT_DIR = "checkpoints"

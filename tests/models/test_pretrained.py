@@ -93,7 +93,7 @@ def test_sharded_loading_on_eight_fake_devices_gives_the_same_logits():
         import jax, json, numpy as np, jax.numpy as jnp
         from flax import nnx
         from jirl.models import llama
-        from jirl.train.sharding import make_mesh
+        from jirl.sharding import make_mesh
         path = {str(FIXTURES / "tiny_llama")!r}
         _, graphdef, plain = llama.load_hf(path)
         mesh = make_mesh(data=1, fsdp=8)

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from jirl.models.transformer import Transformer, llama_tiny
-from jirl.train import sharding
+from jirl import sharding
 from jirl.train.losses import AGGREGATIONS, LossOutput, sequence_mean_of_token_means, token_mean
 from jirl.train.sft import sft_loss
 from jirl.train.step import accumulate_gradients, init_train_state, make_update_step

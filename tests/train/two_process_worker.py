@@ -9,14 +9,14 @@ import sys
 
 port, process_id, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
-from jirl.train.sharding import initialize_distributed  # noqa: E402
+from jirl.sharding import initialize_distributed  # noqa: E402
 
 initialize_distributed(f"localhost:{port}", num_processes=2, process_id=process_id)
 
 import jax  # noqa: E402
 
 from tests.train.multiprocess_setup import global_batches, make_state_and_step  # noqa: E402
-from jirl.train.sharding import make_mesh, shard_batch, shard_state  # noqa: E402
+from jirl.sharding import make_mesh, shard_batch, shard_state  # noqa: E402
 
 mesh = make_mesh(data=-1)
 state, step = make_state_and_step()
