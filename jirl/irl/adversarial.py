@@ -618,17 +618,19 @@ def adversarial_iteration(key, setup: AdversarialSetup, policy_state, disc_state
     fresh = from_policy(task, sample_key, config.samples_per_iteration, setup.policy_graphdef, policy_params)
     buffer = buffer.push(fresh.tokens, fresh.prompt_lens, fresh.response_lens)
     scorer = (setup.policy_graphdef, policy_params, setup.ref_params) if config.method == "airl" else None
+    nonfinite = jnp.zeros((), bool)  # checked once after the loop: no host sync per update
     for step_key in jax.random.split(disc_key, config.disc_steps):
         expert_key, policy_key = jax.random.split(step_key)
         rows = jax.random.randint(expert_key, (config.disc_batch_size,), 0, expert.tokens.shape[0])
         expert_rows = (expert.tokens[rows], expert.prompt_lens[rows], expert.response_lens[rows])
         batch = discriminator_batch(expert_rows, buffer.sample(policy_key, config.disc_batch_size), task.horizon, scorer)
         disc_state, disc_metrics = setup.disc_step(disc_state, batch)
-        if bool(disc_metrics.get("nonfinite", False)):
-            raise NonFiniteLossError(
-                f"the {config.method} discriminator's update was NaN/inf at step {int(disc_state.step)} "
-                f"(loss {float(disc_metrics['loss']):.4g}); lower disc_learning_rate or check the expert data"
-            )
+        nonfinite = nonfinite | disc_metrics["nonfinite"]
+    if bool(nonfinite):  # a nonfinite update is skipped by the step, so later ones saw the last good state
+        raise NonFiniteLossError(
+            f"a {config.method} discriminator update was NaN/inf before step {int(disc_state.step) + 1} "
+            f"(last loss {float(disc_metrics['loss']):.4g}); lower disc_learning_rate or check the expert data"
+        )
     reward_fn = policy_reward_fn(setup, disc_state.full_params)
     policy_state, rl_metrics = rl_iteration(rl_key, task, setup.policy_graphdef, policy_state, setup.ref_params, setup.policy_step, setup.rl, reward_fn=reward_fn)
     metrics = {f"disc/{k}": float(v) for k, v in disc_metrics.items() if np.ndim(v) == 0}

@@ -237,6 +237,13 @@ def _check_binop(op: str, left: Any, right: Any) -> None:
             check_template_size(exponent * abs(base).bit_length() // 3, "the digits of a power")
 
 
+def _replaced_length(text: str, args: tuple) -> int:
+    """The length of ``text.replace(old, new)`` for ``args = (old, new, ...)``."""
+    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        return len(text) + text.count(args[0]) * max(len(args[1]) - len(args[0]), 0)
+    return len(text)
+
+
 # String methods that can make a long string out of a short one, each with the length of the
 # string it would make: f(the string, positional arguments) -> length (checked before the call).
 _STRING_METHOD_SIZES = {
@@ -245,8 +252,7 @@ _STRING_METHOD_SIZES = {
     "center": lambda s, args: max(len(s), _count(args[0]) or 0),
     "zfill": lambda s, args: max(len(s), _count(args[0]) or 0),
     "expandtabs": lambda s, args: len(s) + s.count("\t") * max(_count(args[0]) or 8, 0),
-    "replace": lambda s, args: len(s) + s.count(args[0]) * max(len(args[1]) - len(args[0]), 0)
-    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str) else len(s),
+    "replace": _replaced_length,
     "join": lambda s, args: sum(len(x) if isinstance(x, str) else 0 for x in args[0]) + len(s) * len(args[0])
     if isinstance(args[0], (list, tuple)) else 0,
 }
@@ -304,10 +310,7 @@ def _center_size(value: Any, args: tuple, kwargs: dict) -> int:
 
 
 def _replace_size(value: Any, args: tuple, kwargs: dict) -> int:
-    text = str(value)
-    if len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-        return len(text) + text.count(args[0]) * max(len(args[1]) - len(args[0]), 0)
-    return len(text)
+    return _replaced_length(str(value), args)
 
 
 def _format_filter_size(value: Any, args: tuple, kwargs: dict) -> int:

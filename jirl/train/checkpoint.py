@@ -27,8 +27,7 @@ than the state to restore into is the caller's mistake, not damage: it raises
 If no checkpoint is readable, all are moved aside and ``NoReadableCheckpointError`` (a
 ``CheckpointNotFoundError``) is raised. The folder then holds no checkpoint, which
 ``jirl.train.loop.fit(..., resume=True)`` treats like a run stopped before its first
-checkpoint: it warns and trains from step 0 (at once where it catches this error, otherwise on
-the next resume).
+checkpoint: it warns and trains from step 0.
 """
 
 from __future__ import annotations

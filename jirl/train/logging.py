@@ -15,9 +15,8 @@ import jax
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from jirl.run_dir import RunDir
+from jirl.run_dir import METRICS_FILE, RunDir  # noqa: F401  (METRICS_FILE: still importable from here)
 
-METRICS_FILE = "metrics.jsonl"
 TIMING_FILE = "timing.jsonl"
 
 

@@ -3,7 +3,6 @@ aside (``<step>.corrupt-<n>``, never deleted), the run falls back to the newest 
 starts from step 0 if none is left) and ends exactly like an uninterrupted run; later saves of
 the moved step and a second resume work (the fallback cannot get stuck)."""
 
-import inspect
 import json
 import re
 import shutil
@@ -17,12 +16,12 @@ import pytest
 from flax import nnx
 from orbax.checkpoint import v1 as ocp
 
-import jirl.train.loop
 from jirl.experiment import RunDir
 from jirl.models.transformer import Transformer, llama_tiny
-from jirl.train.checkpoint import CheckpointManager, CheckpointMismatchError, NoReadableCheckpointError
+from jirl.train.checkpoint import CheckpointManager, CheckpointMismatchError
 from jirl.train.loop import CHECKPOINT_DIR, TrainConfig, fit
 from jirl.train.sft import sft_loss
+from tests.train.test_checkpoint import truncate_data_files
 from jirl.train.step import init_train_state, make_update_step
 
 STEPS, EVERY, STOP_AFTER = 12, 4, 9  # checkpoints at 4, 8 (and 12); the stopped run logs steps 1-9
@@ -104,14 +103,6 @@ def stopped(stopped_template, tmp_path):
     return folder
 
 
-def truncate_data_files(step_dir):
-    files = [p for p in (step_dir / "state").rglob("d/*") if p.is_file()]
-    assert files
-    for path in files:
-        with open(path, "r+b") as f:
-            f.truncate(path.stat().st_size // 2)
-
-
 def truncate_step_metadata(step_dir):
     path = step_dir / "_CHECKPOINT_METADATA"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -178,15 +169,7 @@ def test_with_no_readable_checkpoint_all_are_moved_aside_and_the_run_starts_from
         corrupt(checkpoints / str(step))
 
     with pytest.warns(UserWarning, match="moved step [48] aside") as caught:
-        if "NoReadableCheckpointError" in inspect.getsource(jirl.train.loop):
-            state = train(stopped, Batches(), resume=True)  # same initial weights as the straight run
-        else:
-            # Until fit catches NoReadableCheckpointError, the first resume stops with this error
-            # (the folders are already moved aside), and the next one starts from step 0.
-            if corrupt is not empty_folder:  # empty folders alone count as "nothing was checkpointed"
-                with pytest.raises(NoReadableCheckpointError, match=f"no readable checkpoint in {re.escape(str(checkpoints))}.*step 0"):
-                    train(stopped, Batches(), resume=True)
-            state = train(stopped, Batches(), resume=True)
+        state = train(stopped, Batches(), resume=True)  # same initial weights as the straight run
     assert {step for step in (4, 8) for w in caught if f"moved step {step} aside" in str(w.message)} == {4, 8}
 
     assert_same_as_straight(stopped, state, straight)
