@@ -12,7 +12,7 @@ architecture in both libraries: ``transformers.LlamaForCausalLM`` for TRL).
 2. **GRPO iteration**: ``--batch`` responses (``--batch / 4`` prompts x 4) of 128 new tokens
    after 128-token prompts: sample, reward, reference log-probs, group-normalised advantages,
    one update with the KL in the loss (beta 0.04, k3). TRL: ``GRPOTrainer`` with the same
-   settings and a Python reward; jirl: ``rl_iteration`` with ``advantage="grpo"``.
+   settings and a Python reward; jirl: ``make_rl_iteration`` with ``advantage="grpo"``.
 
 Model-FLOPs utilisation is the FLOPs a step needs (PaLM's accounting, see
 ``harness.forward_flops_per_token``: a forward token costs F, a trained token 3F; DPO counts the
@@ -219,7 +219,7 @@ def bench_trl_dpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
 
 
 class RandomPrompts:
-    """What ``rl_iteration`` needs of a task: fixed random prompts of one length."""
+    """What an RL iteration needs of a task: fixed random prompts of one length."""
 
     def __init__(self, count: int, prompt: int, horizon: int, seed: int = 0):
         self.tokens = np.random.default_rng(seed).integers(1, VOCAB, (count, prompt), dtype=np.int32)
@@ -244,8 +244,8 @@ def low_id_reward(tokens, prompt_lens, response_lens, horizon: int):
 
 
 def bench_jirl_grpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
-    from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
-    from jirl.train.step import init_train_state, make_update_step
+    from jirl.rl.loop import RLConfig, make_rl_iteration
+    from jirl.train.step import init_train_state
 
     prompt, horizon = seq // 2, seq - seq // 2
     graphdef, params = jirl_params(jirl_config(seq))
@@ -256,13 +256,12 @@ def bench_jirl_grpo(batch: int, seq: int, steps: int, warmup: int) -> dict:
     )
     optimizer = optax.adamw(LEARNING_RATE)
     state = init_train_state(params, optimizer, jax.random.key(0))
-    step_fn = make_update_step(rl_loss(graphdef, rl, horizon), optimizer)
-    reward_fn = jax.jit(lambda t, p, r: low_id_reward(t, p, r, horizon))
+    rl_iteration = make_rl_iteration(prompts, graphdef, optimizer, rl, reward_fn=lambda t, p, r: low_id_reward(t, p, r, horizon))
     holder = {"state": state, "i": 0}
 
     def run():
         key = jax.random.fold_in(jax.random.key(1), holder["i"])
-        holder["state"], metrics = rl_iteration(key, prompts, graphdef, holder["state"], params, step_fn, rl, reward_fn)
+        holder["state"], metrics = rl_iteration(holder["state"], params, key)
         holder["i"] += 1
         return holder["state"].step
 

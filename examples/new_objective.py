@@ -30,7 +30,7 @@ import numpy as np
 from scipy.special import wrightomega
 
 from jirl import cli
-from jirl.eval.exact import ExactSetting
+from jirl.eval.setting import Setting
 from jirl.mdp import oracle
 from jirl.mdp.tasks import TaskConfig
 from jirl.models.transformer import ModelSize
@@ -63,7 +63,7 @@ def check_loss(chipo_loss) -> None:
 # ------------------------------------------------------------- step 4: chiPO's exact optimum
 
 
-def chipo_optimum(setting: ExactSetting, beta: float) -> list:
+def chipo_optimum(setting: Setting, beta: float) -> list:
     """chiPO's population optimum as a policy tree: per prompt, z(y) = pi(y|x) / pi_ref(y|x)
     solves z + log z = (R(x, y) + c(x)) / beta (so z = omega((R + c) / beta), the Wright omega
     function), with c(x) set by sum_y pi_ref(y|x) z(y) = 1. The oracle turns it into per-token
@@ -99,7 +99,7 @@ def chipo_optimum(setting: ExactSetting, beta: float) -> list:
     return oracle.solve(spec, setting.ref_tree, reward_tree, beta).log_probs
 
 
-def trained_policy(out: Path, loss: str, setting: ExactSetting, train: TrainConfig):
+def trained_policy(out: Path, loss: str, setting: Setting, train: TrainConfig):
     """The policy parameters of ``loss`` at the end of the dpo_oracle run in ``out``, restored
     from the run's last checkpoint (``offline/<loss>/checkpoints``) into the state's structure."""
     params = with_reference(setting.reference, setting.reference)
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     results = json.loads((out / "results.json").read_text())
 
     # Step 4: check both policies against exact optima, computed by the oracle.
-    setting = ExactSetting.build(TaskConfig("bigram", ("num_chars=3", "horizon=3")), ModelSize(family="gpt2", d_model=32), seed=0)
+    setting = Setting.build(TaskConfig("bigram", ("num_chars=3", "horizon=3")), ModelSize(family="gpt2", d_model=32), seed=0)
     kl_optimum = setting.optimum(BETA)  # pi*: DPO's target
     chi_optimum = chipo_optimum(setting, BETA)  # chiPO's target
     train = TrainConfig(steps=args.steps, batch_size=64, learning_rate=3e-3)

@@ -31,7 +31,7 @@ from jirl.models.pretrained import load_pretrained
 from jirl.models.transformer import gpt2_tiny
 from jirl.rewards.losses import preference_objective
 from jirl.rewards.models import reward_model_rewards, sequence_reward_fn
-from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
+from jirl.rl.loop import RLConfig, make_rl_iteration
 from jirl.train.loop import train_on_arrays
 from jirl.train.step import init_train_state, make_update_step
 
@@ -41,7 +41,7 @@ PROMPT_LEN, HORIZON = 4, 8
 
 @dataclasses.dataclass(eq=False)
 class PromptSet:
-    """What ``rl_iteration`` needs of a task: ``sample_prompts``, a ``horizon`` and an ``eos_id``."""
+    """What an RL iteration needs of a task: ``sample_prompts``, a ``horizon`` and an ``eos_id``."""
 
     tokens: np.ndarray  # [N, PROMPT_LEN] token ids
     horizon: int
@@ -127,10 +127,10 @@ def main(argv=None) -> dict:
     rl = RLConfig(advantage="rloo", policy_loss="pg", group_size=4, prompts_per_iteration=16, kl_coef=0.05)
     optimizer = optax.adam(5e-3)
     state = init_train_state(ref_params, optimizer, jax.random.key(4), trainable=ADAPTERS)
-    step = make_update_step(rl_loss(graphdef, rl, HORIZON), optimizer)
+    rl_iteration = make_rl_iteration(prompts, graphdef, optimizer, rl, reward_fn=reward_fn)
     before = mean_scores(jax.random.key(5), graphdef, ref_params, prompts, reward_fn)
     for iteration in range(args.iterations):
-        state, metrics = rl_iteration(jax.random.fold_in(jax.random.key(6), iteration), prompts, graphdef, state, ref_params, step, rl, reward_fn)
+        state, metrics = rl_iteration(state, ref_params, jax.random.fold_in(jax.random.key(6), iteration))
         if iteration % 10 == 0 or iteration == args.iterations - 1:
             print(f"iteration {iteration:3d}: reward {metrics['reward']:+.3f}  KL {metrics['kl_to_reference']:.3f}")
     params = state.full_params

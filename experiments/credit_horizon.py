@@ -42,20 +42,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jirl.config import ConfigError, at_least, each, finite, in_range, non_empty, non_negative, positive, probability, registered
-from jirl.credit.decomposition import decomposition_loss
 from jirl.credit.models import prefix_potentials, scores_and_attention, token_rewards
-from jirl.credit.prime import group_relative_labels, prime_loss
+from jirl.credit.online import CreditRLPrograms, make_credit_rl_programs, online_model
 from jirl.credit.schemes import CREDIT_SCHEMES, credit_correlation
+from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.mdp.tasks import make_task
-from jirl.models.heads import SequenceRewardModel, TokenRewardModel
+from jirl.models.heads import SequenceRewardModel
 from jirl.models.scoring import gather_response, response_mask
-from jirl.models.transformer import ModelSize, Transformer
+from jirl.models.transformer import ModelSize
 from jirl.preference.implicit import implicit_token_rewards
 from jirl.preference.objective import add_reference_log_probs, preference_loss
-from jirl.rl.loop import RLConfig, collect, rl_loss
+from jirl.rl.loop import RLConfig, check_update_metrics
 from jirl.train.loop import train_on_arrays
 from jirl.train.losses import LossOutput
 from jirl.train.sft import sft_loss
@@ -95,20 +95,6 @@ class CreditHorizonConfig:
     eval_samples: Annotated[int, at_least(2)] = 256
 
 
-@dataclasses.dataclass
-class Setting:
-    """Everything the RL runs of one horizon share."""
-
-    task: object
-    graphdef: object
-    reference: object
-    reward_model: tuple  # (graphdef, params, mean, std): predicts R from every prefix
-    dpo: object  # DPO policy params (RTO)
-    test: dict  # reference samples for the credit correlation
-    reference_return: float
-    best_return: float
-
-
 # ---------------------------------------------------------------------------------------------
 # The shared setting of one horizon
 
@@ -135,10 +121,10 @@ def sample(task, graphdef, params, key, num: int, group: int):
     return {"tokens": out.tokens, "prompt_len": out.prompt_lens, "response_len": out.response_lens, "true": true}
 
 
-def reference_policy(task, config: CreditHorizonConfig):
-    """A policy that writes ``horizon`` random letters: SFT on uniformly random strings."""
-    model_config = config.model.build(task.vocab_size, task.prompt_width + task.horizon)
-    graphdef, params = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
+def reference_policy(setting: Setting, config: CreditHorizonConfig):
+    """A policy that writes ``horizon`` random letters: the setting's initial policy after SFT on
+    uniformly random strings."""
+    task, graphdef, params = setting.task, setting.graphdef, setting.reference
     rng = np.random.default_rng(config.seed)
     n = 2048
     prompts, lens, _ = task.prompts
@@ -148,15 +134,15 @@ def reference_policy(task, config: CreditHorizonConfig):
     optimizer = optax.adam(3e-3)
     state = init_train_state(params, optimizer, jax.random.key(config.seed))
     state, _ = train_on_arrays(state, make_update_step(sft_loss(graphdef), optimizer), data, config.sft_steps, 64, config.seed)
-    return graphdef, state.full_params
+    return state.full_params
 
 
-def train_reward_model(task, config: CreditHorizonConfig, data: dict):
+def train_reward_model(setting: Setting, config: CreditHorizonConfig, data: dict):
     """A ``SequenceRewardModel`` regressing the standardised return from every prefix of the
     response (its score on the whole response is the reward model; on a prefix, a Monte-Carlo
     value of the reference policy, i.e. a potential). Returns ``(graphdef, params, mean, std)``."""
-    model_config = config.model.build(task.vocab_size, task.prompt_width + task.horizon)
-    graphdef, params = nnx.split(SequenceRewardModel(model_config, rngs=nnx.Rngs(config.seed + 1)))
+    task = setting.task
+    graphdef, params = nnx.split(SequenceRewardModel(setting.model_config, rngs=nnx.Rngs(config.seed + 1)))
     returns = np.asarray(data["true"]).sum(1)
     mean, std = float(returns.mean()), float(returns.std() + 1e-6)
 
@@ -199,33 +185,28 @@ def train_dpo(task, config: CreditHorizonConfig, graphdef, reference, data: dict
 
 
 def build_setting(config: CreditHorizonConfig, horizon: int) -> Setting:
+    """Everything the RL runs of one horizon share: the task, the SFT reference and, as extras,
+    ``reward_model`` (``(graphdef, params, mean, std)``: predicts R from every prefix), ``dpo``
+    (the DPO policy's parameters, RTO's token rewards), ``test`` (reference samples for the
+    credit correlation) and the ``reference_return`` and ``best_return`` of the gold fraction."""
     task = make_task("bigram", num_chars=config.num_chars, horizon=horizon, seed=config.task_seed)
-    graphdef, reference = reference_policy(task, config)
+    setting = Setting.build(task, config.model, config.seed, exact=False)
+    setting = setting.with_reference(reference_policy(setting, config))
+    graphdef, reference = setting.graphdef, setting.reference
     data = sample(task, graphdef, reference, jax.random.key(config.seed + 10), config.aux_samples, config.group_size)
     test = sample(task, graphdef, reference, jax.random.key(config.seed + 11), config.eval_samples, config.group_size)
-    return Setting(
-        task=task, graphdef=graphdef, reference=reference,
-        reward_model=train_reward_model(task, config, data),
+    setting.extras.update(
+        reward_model=train_reward_model(setting, config, data),
         dpo=train_dpo(task, config, graphdef, reference, data),
         test=test,
         reference_return=float(jnp.mean(jnp.sum(test["true"], axis=1))),
         best_return=best_return(task),
     )
+    return setting
 
 
 # ---------------------------------------------------------------------------------------------
 # One scheme: dense rewards, its online model, the vmapped RL program
-
-
-def initial_aux(scheme: str, setting: Setting, config: CreditHorizonConfig):
-    """``(graphdef, params)`` of the model a scheme learns online: PRIME's PRM (a copy of the
-    reference) or the return-decomposition token model; ``(None, {})`` for the others."""
-    if scheme == "prime":
-        return setting.graphdef, jax.tree_util.tree_map(jnp.copy, setting.reference)
-    if scheme == "decomposition":
-        model_config = config.model.build(setting.task.vocab_size, setting.task.prompt_width + setting.task.horizon)
-        return nnx.split(TokenRewardModel(model_config, rngs=nnx.Rngs(config.seed + 2)))
-    return None, {}
 
 
 def dense_rewards(scheme: str, setting: Setting, config: CreditHorizonConfig, aux, aux_graphdef, tokens, prompt_lens, response_lens):
@@ -252,70 +233,42 @@ def dense_rewards(scheme: str, setting: Setting, config: CreditHorizonConfig, au
         options["process_coef"] = config.prime_coef
     elif scheme == "decomposition":
         inputs["predicted_rewards"] = token_rewards(aux_graphdef, aux, tokens, prompt_lens, horizon)
-    return CREDIT_SCHEMES.get(SCHEMES[scheme])(true, mask, **inputs, **options)
+    return CREDIT_SCHEMES.bind(SCHEMES[scheme], options)(true, mask, **inputs)  # = credit_fn(name, options)
 
 
-def make_programs(scheme: str, setting: Setting, config: CreditHorizonConfig):
-    """Jitted, seed-vmapped ``iterate(carry, keys)`` and ``evaluate(carry, keys)``."""
-    task, graphdef, reference = setting.task, setting.graphdef, setting.reference
+def make_programs(scheme: str, setting: Setting, config: CreditHorizonConfig) -> CreditRLPrograms:
+    """Jitted, seed-vmapped ``iterate(carry, keys)`` and ``evaluate(carry, keys)`` and
+    ``init(num_seeds)`` of the scheme's RL runs (``jirl.credit.online.make_credit_rl_programs``):
+    RLOO on per-step returns of the scheme's credit (``dense_rewards``) plus, for PRIME and
+    return decomposition, one update of the model they learn online. ``evaluate``: the gold
+    return and length of fresh samples and the credit's correlation with the true per-token
+    reward on the reference's test samples."""
+    task, graphdef = setting.task, setting.graphdef
     rl = RLConfig(
         advantage="rloo_to_go", policy_loss="pg", prompts_per_iteration=config.prompts_per_iteration,
         group_size=config.group_size, kl_coef=config.kl_coef,
     )
-    policy_loss = rl_loss(graphdef, rl, task.horizon)
-    optimizer = optax.adam(config.learning_rate)
-    aux_optimizer = optax.adam(config.prime_learning_rate)
-    aux_graphdef, aux_init = initial_aux(scheme, setting, config)
-    if scheme == "prime":
-        aux_loss = prime_loss(aux_graphdef, task.horizon, config.prime_beta)
-    elif scheme == "decomposition":
-        aux_loss = decomposition_loss(aux_graphdef, task.horizon, config.decomposition_subset)
-    else:
-        aux_loss = None
+    online = online_model(
+        SCHEMES[scheme], setting, optax.adam(config.prime_learning_rate), seed=config.seed + 2,
+        prime_beta=config.prime_beta, decomposition_subset=config.decomposition_subset,
+    )
+    aux_graphdef = online.graphdef if online is not None else None
 
-    def iterate(carry, key):
-        policy, opt_state, aux, aux_state = carry
-        collect_key, aux_key = jax.random.split(key)
+    def credit(aux, tokens, prompt_lens, response_lens):
+        return dense_rewards(scheme, setting, config, aux, aux_graphdef, tokens, prompt_lens, response_lens)
 
-        def reward_fn(tokens, prompt_lens, response_lens):
-            return dense_rewards(scheme, setting, config, aux, aux_graphdef, tokens, prompt_lens, response_lens)
-
-        batch, metrics = collect(collect_key, task, graphdef, policy, reference, rl, reward_fn)
-        grads = jax.grad(lambda p: policy_loss(p, batch, None)[0].value)(policy)
-        updates, opt_state = optimizer.update(grads, opt_state, policy)
-        policy = optax.apply_updates(policy, updates)
-        if aux_loss is not None:
-            response_lens = jnp.sum(batch["mask"], axis=1)
-            returns = jnp.sum(sequence_rewards(task, batch["tokens"], batch["prompt_len"], response_lens), axis=1)
-            aux_batch = {
-                "tokens": batch["tokens"], "prompt_len": batch["prompt_len"], "response_len": response_lens,
-                "ref_log_probs": batch["ref_log_probs"], "returns": returns,
-                "labels": group_relative_labels(returns, config.group_size),
-            }
-            aux_grads = jax.grad(lambda p: aux_loss(p, aux_batch, aux_key)[0].value)(aux)
-            aux_updates, aux_state = aux_optimizer.update(aux_grads, aux_state, aux)
-            aux = optax.apply_updates(aux, aux_updates)
-        return (policy, opt_state, aux, aux_state), metrics
-
-    def evaluate(carry, key):
-        policy, _, aux, _ = carry
+    def evaluate(policy, aux, key):
         samples = sample(task, graphdef, policy, key, config.eval_samples, config.group_size)
         test = setting.test
-        credit = dense_rewards(scheme, setting, config, aux, aux_graphdef, test["tokens"], test["prompt_len"], test["response_len"])
+        dense = credit(aux, test["tokens"], test["prompt_len"], test["response_len"])
         mask = response_mask(test["response_len"], task.horizon)
         return {
             "gold_return": jnp.mean(jnp.sum(samples["true"], axis=1)),
             "response_length": jnp.mean(samples["response_len"].astype(jnp.float32)),
-            "credit_correlation": credit_correlation(credit, test["true"], mask),
+            "credit_correlation": credit_correlation(dense, test["true"], mask),
         }
 
-    def init(num_seeds: int):
-        stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), tree)  # noqa: E731
-        policy, aux = stack(reference), stack(aux_init)
-        aux_state = jax.vmap(aux_optimizer.init)(aux) if aux_loss is not None else {}
-        return policy, jax.vmap(optimizer.init)(policy), aux, aux_state
-
-    return jax.jit(jax.vmap(iterate)), jax.jit(jax.vmap(evaluate)), init
+    return make_credit_rl_programs(setting, rl, optax.adam(config.learning_rate), credit, evaluate, online)
 
 
 def train_scheme(scheme: str, setting: Setting, config: CreditHorizonConfig, run: RunDir, progress, bar) -> dict:
@@ -327,6 +280,8 @@ def train_scheme(scheme: str, setting: Setting, config: CreditHorizonConfig, run
     for iteration in range(1, config.iterations + 1):
         keys = jax.vmap(lambda k: jax.random.fold_in(k, iteration))(seed_keys)
         carry, metrics = iterate(carry, keys)
+        metrics = jax.device_get(metrics)
+        check_update_metrics(metrics, where=f"credit_horizon {scheme} (H = {setting.task.horizon})")
         reward = np.asarray(metrics["reward"])
         curve.append(fraction(reward))
         if iteration % 10 == 0 or iteration == config.iterations:

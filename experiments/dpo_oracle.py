@@ -30,7 +30,7 @@ from jirl.config import ConfigError, at_least, config_to_dict, each, finite, non
 from jirl.data.builders import data_source, prepare
 from jirl.data.loader import batch_iterator
 from jirl.data.task_preferences import TaskPreferences
-from jirl.eval.exact import ExactSetting
+from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.tasks import TaskConfig
 from jirl.models.transformer import ModelSize
@@ -67,7 +67,7 @@ class DPOOracleConfig:
 
 
 def summary(exact: dict) -> dict:
-    """The three numbers reported per policy, from ``ExactSetting.evaluate``."""
+    """The three numbers reported per policy, from ``Setting.evaluate``."""
     return {"kl_to_optimal": exact["kl_to_optimal"], "gold_reward": exact["expected_reward"], "kl_to_reference": exact["kl_to_reference"]}
 
 
@@ -123,7 +123,7 @@ def train_online(run: RunDir, task, graphdef, reference, evaluate, config) -> di
 
 @register_experiment("dpo_oracle", config=DPOOracleConfig, description="DPO-family losses vs the exact optimum", resumable=True)
 def run(config: DPOOracleConfig, run: RunDir) -> dict:
-    setting = ExactSetting.build(config.task, config.model, config.seed)
+    setting = Setting.build(config.task, config.model, config.seed)
     task, graphdef, reference = setting.task, setting.graphdef, setting.reference
     optimum = setting.optimum(config.beta)
     evaluate = lambda params: summary(setting.evaluate(params, config.beta, optimum))  # noqa: E731

@@ -18,7 +18,7 @@ The pieces, each from elsewhere in jirl:
   in the policy's own chat template; those longer than ``max_prompt_tokens`` are left out.
 - **RL**: RLOO (``advantage=rloo``, REINFORCE with a leave-one-out baseline, Ahmadian et al.
   2024) with the per-token KL to the reference in the reward, ``r_t - beta log(pi/pi_ref)``
-  (InstructGPT, Ouyang et al. 2022), through ``jirl.rl.loop.rl_iteration``.
+  (InstructGPT, Ouyang et al. 2022), through ``jirl.rl.loop.make_rl_iteration``.
 
 It logs the reward-model score, the KL to the reference and the response length every step
 (``metrics.jsonl``), prints greedy replies to a few held-out prompts before and after training,
@@ -55,9 +55,9 @@ from jirl.rewards.embedding_heads import head_reward, standardize, train_heads
 from jirl.rewards.embeddings import embed_texts
 from jirl.rewards.models import terminal_rewards
 from jirl.rl.kl import response_kl
-from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
+from jirl.rl.loop import RLConfig, make_rl_iteration
 from jirl.train.checkpoint import CheckpointManager
-from jirl.train.step import init_train_state, make_update_step
+from jirl.train.step import init_train_state
 
 SHARED_HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless"
 
@@ -169,7 +169,7 @@ def fit_reward_model(config: HHRLHFConfig, pairs, split: list[str], run: RunDir)
 
 @dataclasses.dataclass(eq=False)
 class PromptSet:
-    """What ``rl_iteration`` needs of a task: prompts to sample, a horizon and an EOS id.
+    """What an RL iteration needs of a task: prompts to sample, a horizon and an EOS id.
     ``tokens [N, width]`` are left-aligned chat-formatted prompts, padded with EOS."""
 
     tokens: np.ndarray
@@ -284,7 +284,7 @@ def run(config: HHRLHFConfig, run: RunDir) -> dict:
     )
     optimizer = optax.adam(config.learning_rate)
     state = init_train_state(ref_params, optimizer, jax.random.key(config.seed), trainable=ADAPTERS)
-    step_fn = make_update_step(rl_loss(graphdef, rl, prompts.horizon), optimizer)
+    rl_iteration = make_rl_iteration(prompts, graphdef, optimizer, rl, reward_fn=reward_fn, host_reward=True)  # MiniLM reads text
     eval_key = jax.random.key(config.seed + 1)
 
     samples = {"before": greedy_replies(graphdef, ref_params, prompts, tokenizer, reward_model, config.show_samples)}
@@ -296,7 +296,7 @@ def run(config: HHRLHFConfig, run: RunDir) -> dict:
         bar = progress.add_task("RLOO", total=config.steps)
         for step in range(config.steps):
             step_started = time.perf_counter()
-            state, metrics = rl_iteration(jax.random.fold_in(jax.random.key(config.seed), step), prompts, graphdef, state, ref_params, step_fn, rl, reward_fn)
+            state, metrics = rl_iteration(state, ref_params, jax.random.fold_in(jax.random.key(config.seed), step))
             if metrics.get("update/nonfinite"):
                 raise FloatingPointError(f"non-finite loss or gradient at step {step}; the adapters saved so far are kept")
             for name, key in (("score", "reward"), ("kl", "kl_to_reference"), ("length", "response_length")):

@@ -60,21 +60,19 @@ from rich.table import Table
 from jirl.config import ConfigError, at_least, each, finite, non_empty, non_negative, positive
 from jirl.eval import scaling
 from jirl.eval.metrics import best_of_n_exact, best_of_n_kl, pairwise_accuracy
+from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
-from jirl.mdp.env import sequence_rewards
+from jirl.mdp.responses import gold_returns, sample_responses
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.mdp.tasks import TaskConfig, build_task
 from jirl.models.heads import SequenceRewardModel
-from jirl.models.scoring import response_log_probs, response_mask
-from jirl.models.transformer import ModelSize, Transformer
+from jirl.models.transformer import ModelSize
 from jirl.rewards.annotation import simulate_preferences
 from jirl.rewards.ensemble import aggregate_ensemble
-from jirl.rewards.losses import preference_objective
-from jirl.rewards.models import sequence_reward_fn, terminal_rewards
-from jirl.rl.kl import kl_penalized_rewards, response_kl
-from jirl.rl.loop import RLConfig, collect, rl_loss
-from jirl.train.seeds import make_multi_seed_step
-from jirl.train.step import init_train_state, update_fn
+from jirl.rewards.proxies import ensemble_reward_fn, score_pool, train_proxies
+from jirl.rl.kl import response_kl
+from jirl.rl.loop import RLConfig, check_update_metrics, make_rl_update
+from jirl.train.step import init_train_state
 
 MITIGATIONS = ("plain", "ensemble_mean_minus_std", "ensemble_min", "kl_penalty")
 
@@ -120,33 +118,6 @@ def proxy_name(size: int, pairs: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Samples of a policy
-
-
-def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk: int = 1024) -> dict:
-    """Responses of the policy to the task's prompts ``prompt_ids`` (indices into
-    ``task.prompts``), generated in chunks of one shape (one compile), with their gold rewards."""
-    tokens, lens, _ = task.prompts
-    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
-    padded = np.resize(prompt_ids, -(-len(prompt_ids) // chunk) * chunk)  # the last chunk filled up
-    parts = []
-    for i, start in enumerate(range(0, len(padded), chunk)):
-        ids = padded[start : start + chunk]
-        out = generate(graphdef, params, jnp.asarray(tokens[ids]), jnp.asarray(lens[ids]), jax.random.fold_in(key, i), sampling)
-        gold = gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)
-        parts.append({"tokens": out.tokens, "prompt_len": out.prompt_lens, "response_len": out.response_lens, "gold": gold})
-    pool = {k: np.concatenate([np.asarray(p[k]) for p in parts])[: len(prompt_ids)] for k in parts[0]}
-    pool["length"] = pool["prompt_len"] + pool["response_len"]
-    pool["prompt_id"] = np.asarray(prompt_ids)
-    return pool
-
-
-def gold_returns(task, tokens, prompt_lens, response_lens):
-    """The task's (gold) return of each finished response ``[B]``."""
-    return jnp.sum(sequence_rewards(task, tokens, prompt_lens, response_lens), axis=1)
-
-
-# ---------------------------------------------------------------------------------------------
 # Proxy reward models
 
 
@@ -157,47 +128,27 @@ def proxy_graph(config: OveroptimizationConfig, task, size: int, seed: int):
     return nnx.split(SequenceRewardModel(model_config, rngs=nnx.Rngs(seed)))
 
 
-def train_proxies(config: OveroptimizationConfig, task, size: int, members: list[tuple[int, int]], pool: dict, pairs):
-    """Train one proxy per ``(num_pairs, seed)`` member, all of width ``size``, as one vmapped
-    program: member ``m`` sees minibatches of the first ``num_pairs`` labelled pairs only, and
-    starts from its own initialisation. The BT loss (Bradley & Terry 1952; Ouyang et al. 2022):
-
-        L = -E_{(y+, y-)} log sigma(r(x, y+) - r(x, y-)).
-
-    Returns ``graphdef`` and the stacked parameters ``[members, ...]``."""
+def proxies_of_width(config: OveroptimizationConfig, task, size: int, members: list[tuple[int, int]], pool: dict, pairs):
+    """One proxy of width ``size`` per ``(num_pairs, seed)`` member, trained as one vmapped
+    program (``jirl.rewards.proxies.train_proxies``): member ``m`` sees the first ``num_pairs``
+    labelled pairs only, and starts from its own initialisation. Returns ``graphdef`` and the
+    stacked parameters ``[members, ...]``."""
     graphdef, _ = proxy_graph(config, task, size, 0)
-    stacked = [proxy_graph(config, task, size, 100_000 * config.seed + 1000 * seed + size)[1] for _, seed in members]
-    params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *stacked)
-    optimizer = optax.adamw(config.rm_learning_rate, weight_decay=config.rm_weight_decay)
-    keys = jax.random.split(jax.random.key(config.seed + size), len(members))
-    states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(params, keys)
-    step = make_multi_seed_step(preference_objective(sequence_reward_fn(graphdef), "bt"), optimizer, shared_batch=False)
-    chosen, rejected = pairs
-    rngs = [np.random.default_rng((config.seed, size, n, seed)) for n, seed in members]
-    for _ in range(config.rm_steps):
-        rows = np.stack([rng.integers(0, n, config.rm_batch_size) for rng, (n, _) in zip(rngs, members)])
-        c, r = chosen[rows], rejected[rows]  # [members, batch] pool indices
-        batch = {
-            "chosen": pool["tokens"][c], "rejected": pool["tokens"][r], "prompt_len": pool["prompt_len"][c],
-            "chosen_len": pool["response_len"][c], "rejected_len": pool["response_len"][r],
-        }
-        states, _ = step(states, batch)
-    return graphdef, states.full_params
-
-
-def score_pool(graphdef, params, pool: dict, chunk: int = 4096) -> np.ndarray:
-    """Scores ``[members, N]`` of every response of ``pool`` under stacked proxies ``params``."""
-    score = jax.jit(jax.vmap(sequence_reward_fn(graphdef), in_axes=(0, None, None)))
-    n = len(pool["length"])
-    return np.concatenate(
-        [np.asarray(score(params, pool["tokens"][i : i + chunk], pool["length"][i : i + chunk])) for i in range(0, n, chunk)], axis=1
+    params = train_proxies(
+        graphdef,
+        [proxy_graph(config, task, size, 100_000 * config.seed + 1000 * seed + size)[1] for _, seed in members],
+        pool, pairs, [n for n, _ in members],
+        optimizer=optax.adamw(config.rm_learning_rate, weight_decay=config.rm_weight_decay),
+        steps=config.rm_steps, batch_size=config.rm_batch_size, key=jax.random.key(config.seed + size),
+        order_seeds=[(config.seed, size, n, seed) for n, seed in members],
     )
+    return graphdef, params
 
 
 def rl_members(config: OveroptimizationConfig, proxies: dict, size: int) -> dict:
-    """The RL runs against the proxies of width ``size``, each as a reward specification:
-    ``params`` (``[K, ...]`` stacked proxies), ``min`` / ``k`` (the ensemble aggregation) and
-    ``kl_coef``. A single proxy is K copies of itself with ``k = 0`` (its mean is itself); the
+    """The RL runs against the proxies of width ``size``, each as the ensemble its reward is
+    (``jirl.rewards.proxies.ensemble_reward_fn``): ``params`` (``[K, ...]`` stacked proxies),
+    ``min`` / ``k`` (the ensemble aggregation) and ``kl_coef``. A single proxy is K copies of itself with ``k = 0`` (its mean is itself); the
     mitigation proxy's width also gets the mitigations, so all of one width run as one program."""
     mitigation = config.mitigation_proxy
     ensemble = [mitigation] + [f"{mitigation}_seed{s}" for s in range(1, config.ensemble_size)]
@@ -212,55 +163,29 @@ def rl_members(config: OveroptimizationConfig, proxies: dict, size: int) -> dict
     return members
 
 
-def member_reward_fn(setting: dict, reward_graphdef, member: dict, policy=None):
-    """The RL loop's ``reward_fn(tokens, prompt_lens, response_lens) -> [B, horizon]`` of one
-    member: its proxies' scores ``[K, B]`` aggregated by ``aggregate_ensemble`` (``min``, or
-    ``mean - k std``; Coste et al. 2024), paid at the last response step; with ``policy``, minus
-    ``kl_coef`` times the per-token log-ratio to the initial policy (``kl_penalized_rewards``,
-    the KL-in-the-reward of Ziegler et al. 2019)."""
-    task, graphdef, reference = setting["task"], setting["graphdef"], setting["reference"]
-    score = jax.vmap(sequence_reward_fn(reward_graphdef), in_axes=(0, None, None))
-
-    def reward_fn(tokens, prompt_lens, response_lens):
-        scores = score(member["params"], tokens, prompt_lens + response_lens)
-        aggregated = jnp.where(
-            member["min"], aggregate_ensemble(scores, "min"), aggregate_ensemble(scores, "mean_minus_std", member["k"])
-        )
-        rewards = terminal_rewards(aggregated, response_lens, task.horizon)
-        if policy is None:
-            return rewards
-        log_probs = response_log_probs(graphdef, policy, tokens, prompt_lens, task.horizon)
-        ref_log_probs = response_log_probs(graphdef, reference, tokens, prompt_lens, task.horizon)
-        mask = response_mask(response_lens, task.horizon)
-        return kl_penalized_rewards(rewards, log_probs, ref_log_probs, mask, member["kl_coef"])
-
-    return reward_fn
-
-
 # ---------------------------------------------------------------------------------------------
 # RL against proxies
 
 
-def make_rl_programs(config: OveroptimizationConfig, setting: dict, reward_graphdef, penalised: bool):
-    """Jitted, member-vmapped ``iterate(states, members, keys)`` (one RLOO update, Ahmadian et
-    al. 2024) and ``evaluate(states, members, keys)`` (gold, proxy and exact KL of fresh samples).
+def make_rl_programs(config: OveroptimizationConfig, setting: Setting, reward_graphdef, penalised: bool):
+    """Jitted, member-vmapped ``iterate(states, members, keys)`` (one RLOO iteration of
+    ``make_rl_update``, Ahmadian et al. 2024) and ``evaluate(states, members, keys)`` (gold, proxy
+    and exact KL of fresh samples).
     ``penalised``: some member has a KL penalty (else its log-ratio is not computed at all)."""
-    task, graphdef, reference = setting["task"], setting["graphdef"], setting["reference"]
+    task, graphdef, reference = setting.task, setting.graphdef, setting.reference
     rl = RLConfig(advantage="rloo", policy_loss="pg", prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size)
-    step = update_fn(rl_loss(graphdef, rl, task.horizon), optax.adam(config.rl_learning_rate))
+    update = make_rl_update(task, graphdef, optax.adam(config.rl_learning_rate), rl)
     sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
 
     def iterate(state, member, key):
-        reward_fn = member_reward_fn(setting, reward_graphdef, member, policy=state.full_params if penalised else None)
-        batch, metrics = collect(key, task, graphdef, state.full_params, reference, rl, reward_fn)
-        state, _ = step(state, batch)
-        return state, metrics
+        reward_fn = ensemble_reward_fn(setting, reward_graphdef, member, policy=state.full_params if penalised else None)
+        return update(state, reference, key, reward_fn=reward_fn)
 
     def evaluate(state, member, key):
         prompt_key, sample_key = jax.random.split(key)
         prompts, lens = task.sample_prompts(prompt_key, config.rl_eval_samples)
         out = generate(graphdef, state.full_params, prompts, lens, sample_key, sampling)
-        proxy = member_reward_fn(setting, reward_graphdef, member)(out.tokens, out.prompt_lens, out.response_lens)
+        proxy = ensemble_reward_fn(setting, reward_graphdef, member)(out.tokens, out.prompt_lens, out.response_lens)
         kl = response_kl(graphdef, state.full_params, reference, out.tokens, out.prompt_lens, out.response_mask)
         return {
             "gold": jnp.mean(gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)),
@@ -280,20 +205,23 @@ def train_rl(config, setting, reward_graphdef, members: dict, run: RunDir, progr
     names, count = list(members), len(members)
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members.values())
     optimizer = optax.adam(config.rl_learning_rate)
-    policies = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (count,) + x.shape), setting["reference"])
+    policies = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (count,) + x.shape), setting.reference)
     states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(policies, jax.random.split(jax.random.key(config.seed + 7), count))
     # Every member sees the same prompts and sampling noise (common random numbers).
     same = lambda key: jnp.stack([key] * count)  # noqa: E731
     curves = {name: [] for name in names}
+    failed = {"nonfinite_rewards": 0, "update/nonfinite": 0}
     for iteration in range(config.rl_iterations + 1):
         if iteration % config.rl_eval_every == 0 or iteration == config.rl_iterations:
+            check_update_metrics(jax.device_get(failed), where="overoptimization RL")  # any NaN since the last evaluation
             point = evaluate(states, stacked, same(jax.random.key(config.seed + 10_000 + iteration)))
             point = {k: np.asarray(v) for k, v in point.items()}
             for m, name in enumerate(names):
                 curves[name].append({"iteration": iteration, **{k: float(v[m]) for k, v in point.items()}})
                 run.log(iteration, stage="rl", run=name, **{k: float(v[m]) for k, v in point.items()})
         if iteration < config.rl_iterations:
-            states, _ = iterate(states, stacked, same(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
+            states, metrics = iterate(states, stacked, same(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
+            failed = {k: failed[k] + metrics[k] for k in failed}  # summed on device, read at evaluations
             progress.advance(bar)
     return curves
 
@@ -377,9 +305,8 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
     check_config(config, task)
     seconds = {}
     start = time.perf_counter()
-    model_config = config.policy.build(task.vocab_size, task.prompt_width + task.horizon)
-    graphdef, reference = nnx.split(Transformer(model_config, rngs=nnx.Rngs(config.seed)))
-    setting = {"task": task, "graphdef": graphdef, "reference": reference}
+    setting = Setting.build(task, config.policy, config.seed, exact=False)
+    graphdef, reference = setting.graphdef, setting.reference
     num_prompts = len(task.prompts[1])
     key = jax.random.key(config.seed)
 
@@ -403,7 +330,7 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
         members = [(n, 0) for n in config.data_sizes]
         if size == mitigation_size:
             members += [(mitigation_pairs, seed) for seed in range(1, config.ensemble_size)]
-        proxy_graphdef, params = train_proxies(config, task, size, members, label_pool, pairs)
+        proxy_graphdef, params = proxies_of_width(config, task, size, members, label_pool, pairs)
         pool_scores = score_pool(proxy_graphdef, params, bon_pool)
         for m, (n, seed) in enumerate(members):
             name = proxy_name(size, n) if seed == 0 else f"{proxy_name(size, n)}_seed{seed}"

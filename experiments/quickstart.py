@@ -36,6 +36,7 @@ from rich.table import Table
 from jirl.config import ConfigError, at_least, finite, positive, registered
 from jirl.data.builders import TaskDemonstrations, data_source, prepare
 from jirl.data.loader import batch_iterator
+from jirl.eval.exact import exact_evaluator
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
 from jirl.mdp.tasks import TaskConfig, build_task
@@ -47,7 +48,7 @@ from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
 from jirl.irl.methods import IRL_METHODS, IRLContext, IRLSettings, check_demonstrations
 from jirl.mdp.demonstrations import Demonstrations
-from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
+from jirl.rl.loop import RLConfig, make_rl_iteration
 
 
 @dataclasses.dataclass
@@ -75,23 +76,6 @@ class QuickstartConfig:
     # The pipeline also runs at seed + 1, ..., seed + seeds - 1 (data, initialisation and RL all
     # reseeded; each in <run>/seeds/seed<N>), and the summary reports IRL − SFT over all of them.
     seeds: Annotated[int, at_least(1)] = 5
-
-
-def exact_evaluator(spec, graphdef, expert_log_probs, rewards):
-    """``params -> {kl_expert_policy, gold_reward}`` computed exactly over the task's tree
-    (``.from_tree(policy_tree)`` for a policy given as a tree)."""
-
-    def from_tree(policy):
-        return {
-            "kl_expert_policy": float(oracle.kl_divergence(spec, expert_log_probs, policy)),
-            "gold_reward": float(oracle.expected_reward(spec, policy, rewards)),
-        }
-
-    def evaluate(params):
-        return from_tree(oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, params)))
-
-    evaluate.from_tree = from_tree
-    return evaluate
 
 
 @register_experiment("quickstart", config=QuickstartConfig, description="Start here: demos -> SFT -> IRL reward -> RL, checked exactly", resumable=True)
@@ -206,13 +190,13 @@ def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate
     rl = dataclasses.replace(config.rl, kl_coef=learned.beta)
     optimizer = optax.adam(optax.cosine_decay_schedule(config.rl_learning_rate, config.rl_iterations * rl.epochs * rl.minibatches, alpha=0.1))
     state = init_train_state(context.sft_params, optimizer, jax.random.key(config.seed + 2))
-    step = make_update_step(rl_loss(graphdef, rl, task.horizon), optimizer)
+    rl_iteration = make_rl_iteration(task, graphdef, optimizer, rl, reward_fn=learned.reward_fn)
     log = run.path / "irl_metrics.jsonl"
     log.write_text("")
     with log.open("a") as f:
         for iteration in range(1, config.rl_iterations + 1):
             key = jax.random.fold_in(jax.random.key(config.seed + 3), iteration)
-            state, metrics = rl_iteration(key, task, graphdef, state, learned.reference, step, rl, reward_fn=learned.reward_fn)
+            state, metrics = rl_iteration(state, learned.reference, key)
             f.write(json.dumps({"iteration": iteration, **metrics}, sort_keys=True) + "\n")
     policy = evaluate(state.full_params)
     result = {"method": config.irl, "rl_iterations": config.rl_iterations, "beta": learned.beta, **learned.info,

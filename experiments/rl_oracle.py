@@ -30,14 +30,14 @@ from flax import nnx
 from rich.table import Table
 
 from jirl.config import ConfigError, at_least, each, finite, non_empty, positive, registered
-from jirl.eval.exact import ExactSetting
+from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
 from jirl.mdp.tasks import TaskConfig
 from jirl.models.heads import ValueModel
 from jirl.models.transformer import ModelSize
-from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
-from jirl.train.step import init_train_state, make_update_step
+from jirl.rl.loop import RLConfig, make_rl_iteration
+from jirl.train.step import init_train_state
 
 # Each name is one paper's recipe with that paper's defaults; a combination no paper runs gets a
 # name that says how it deviates. Unless a recipe sets its own ``kl_coef``, the KL to the
@@ -89,7 +89,7 @@ class RLOracleConfig:
     model: ModelSize = dataclasses.field(default_factory=lambda: ModelSize(family="gpt2", d_model=32))
 
 
-def train_algorithm(name: str, config, setting: ExactSetting, optimum, run: RunDir) -> list[dict]:
+def train_algorithm(name: str, config, setting: Setting, optimum, run: RunDir) -> list[dict]:
     task, graphdef, ref_params = setting.task, setting.graphdef, setting.reference
     recipe = {"kl_coef": config.beta} | ALGORITHMS[name]  # a recipe's own KL weight wins
     rl = RLConfig(prompts_per_iteration=config.prompts_per_iteration, group_size=config.group_size, **recipe)
@@ -101,13 +101,13 @@ def train_algorithm(name: str, config, setting: ExactSetting, optimum, run: RunD
         critic_graphdef, critic_params = nnx.split(ValueModel(model_config, rngs=nnx.Rngs(config.seed + 1)))
         params = nnx.State({"policy": ref_params, "critic": critic_params})
     state = init_train_state(params, optimizer, jax.random.key(config.seed))
-    step = make_update_step(rl_loss(graphdef, rl, task.horizon, critic_graphdef), optimizer)
+    rl_iteration = make_rl_iteration(task, graphdef, optimizer, rl, critic_graphdef=critic_graphdef)
     j_star = setting.evaluate_tree(optimum, config.beta)["objective"]
     j_ref = setting.evaluate_tree(setting.ref_tree, config.beta)["objective"]
     curve = []
     for iteration in range(1, config.iterations + 1):
         key = jax.random.fold_in(jax.random.key(config.seed), iteration)
-        state, metrics = rl_iteration(key, task, graphdef, state, ref_params, step, rl, critic_graphdef=critic_graphdef)
+        state, metrics = rl_iteration(state, ref_params, key)
         if iteration % config.eval_every == 0 or iteration == config.iterations:
             policy_params = state.full_params["policy"] if critic_graphdef is not None else state.full_params
             exact = setting.evaluate(policy_params, config.beta, optimum)
@@ -129,7 +129,7 @@ def run(config: RLOracleConfig, run: RunDir) -> dict:
     unknown = sorted(set(config.algorithms) - set(ALGORITHMS))
     if unknown:
         raise ConfigError(f"unknown algorithm(s) {unknown}; choose from {sorted(ALGORITHMS)}")
-    setting = ExactSetting.build(config.task, config.model, config.seed)
+    setting = Setting.build(config.task, config.model, config.seed)
     optimum = setting.optimum(config.beta)
     results = {"task": setting.task.name, "beta": config.beta, "seed": config.seed, "algorithms": {}}
     for name in config.algorithms:

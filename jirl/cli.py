@@ -122,7 +122,7 @@ def registries() -> dict[str, object]:
     losses, advantage estimators, policy losses, credit schemes and IRL methods (importing the
     modules that fill them)."""
     # Imported for what they register in OBJECTIVES: airl, gail, iq_learn, the paired preference
-    # losses (copied from PREFERENCE_LOSSES) and sft.
+    # losses (each registered as an objective when the loss is registered) and sft.
     import jirl.irl.adversarial
     import jirl.irl.iq_learn
     import jirl.preference.objective

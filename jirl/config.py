@@ -3,7 +3,12 @@
 A config is a (possibly nested) dataclass. Fields are addressed by dotted keys such as
 ``model.d_model`` and overridden with ``key=value`` strings, parsed according to the field's
 annotation. Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``,
-``X | None``, ``tuple[X, ...]`` and nested dataclasses.
+``X | None``, ``tuple[X, ...]``, ``dict[str, X]``, ``Any`` and nested dataclasses.
+
+A dict field holds named options (``policy_loss_options: dict[str, float]``): one entry is
+set with its name as the last key part, ``rl.policy_loss_options.clip_low=0.1``, the whole dict
+with ``rl.policy_loss_options=clip_low=0.1,dual_clip=3`` (empty text: no entries). ``Any``
+values are read as none, true/false, an int, a float or else the text itself.
 
 Allowed values are declared with the field, ``d_model: Annotated[int, positive] = 8``, and a
 config class may add rules that tie fields together in a ``validate(self)`` method that raises
@@ -74,6 +79,17 @@ def union_members(annotation: Any) -> tuple[list[Any], bool]:
     return [m for m in members if m is not type(None)], type(None) in members
 
 
+def is_dict(annotation: Any) -> bool:
+    """Whether ``annotation`` is a ``dict[str, X]`` (or bare ``dict``) field of named entries."""
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
+def dict_value_type(annotation: Any) -> Any:
+    """``X`` of ``dict[str, X]`` (``Any`` for a bare ``dict``)."""
+    args = typing.get_args(annotation)
+    return args[1] if len(args) == 2 else Any
+
+
 def tuple_item_types(annotation: Any, length: int) -> list[Any]:
     """Per-item annotations of a ``tuple[...]`` annotation for a value of ``length`` items."""
     args = typing.get_args(annotation)
@@ -99,6 +115,10 @@ def describe_type(annotation: Any) -> str:
     if origin is tuple:
         item_names = [format_type(t) for t in typing.get_args(annotation) if t is not Ellipsis]
         return f"a comma-separated list of {' and '.join(sorted(set(item_names)))} values"
+    if is_dict(annotation):
+        return f"comma-separated name=value entries, each value {describe_type(dict_value_type(annotation))}"
+    if annotation is Any:
+        return "a number, true/false, none or text"
     return format_type(annotation)
 
 
@@ -118,6 +138,8 @@ def parse_text(text: str, annotation: Any) -> Any:
         return parse_bool(text)
     if annotation in (int, float, str):
         return annotation(text)
+    if annotation is Any:
+        return parse_any(text)
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return parse_literal(text, typing.get_args(annotation))
@@ -127,7 +149,37 @@ def parse_text(text: str, annotation: Any) -> Any:
         items = [item.strip() for item in text.split(",")] if text.strip() else []
         item_types = tuple_item_types(annotation, len(items))
         return tuple(parse_text(item, t) for item, t in zip(items, item_types))
+    if is_dict(annotation):
+        return parse_entries(text, dict_value_type(annotation))
     raise TypeError(f"unsupported config annotation {format_type(annotation)}")
+
+
+def parse_any(text: str) -> Any:
+    """``none``/``null`` -> None, ``true``/``false`` -> bool, then an int, a float, or else the
+    (stripped) text itself: a value of an ``Any`` field such as an option."""
+    word = text.strip()
+    if word.lower() in NONE_WORDS:
+        return None
+    if word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    for number in (int, float):
+        try:
+            return number(word)
+        except ValueError:
+            continue
+    return word
+
+
+def parse_entries(text: str, value_type: Any) -> dict[str, Any]:
+    """``"a=1,b=2"`` -> ``{"a": 1, "b": 2}``, each value parsed as ``value_type``; empty text
+    gives ``{}``. ValueError on an entry without ``=`` or a name."""
+    entries = {}
+    for item in filter(None, (item.strip() for item in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(text)
+        entries[name.strip()] = parse_text(value, value_type)
+    return entries
 
 
 def parse_bool(text: str) -> bool:
@@ -176,12 +228,18 @@ def apply_overrides(config: C, overrides: Sequence[str]) -> C:
 
 
 def parse_override(cls: type, override: str) -> tuple[str, Any]:
-    """``"key=text"`` -> ``(key, value)`` typed by config class ``cls``'s annotation of key."""
+    """``"key=text"`` -> ``(key, value)`` typed by config class ``cls``'s annotation of key; a
+    key one part below a dict field (``rl.policy_loss_options.clip_low``) is typed by the dict's
+    value annotation."""
     key, text = split_override(override)
     leaves = leaf_annotations(cls)
-    if key not in leaves:
+    field, _, entry = key.rpartition(".")
+    if key not in leaves and entry and is_dict(leaves.get(field)):
+        annotation = dict_value_type(leaves[field])
+    elif key not in leaves:
         raise ConfigError(not_a_leaf_message(key, leaves))
-    annotation = leaves[key]
+    else:
+        annotation = leaves[key]
     try:
         return key, parse_text(text, annotation)
     except ValueError:
@@ -212,7 +270,10 @@ def not_a_leaf_message(key: str, leaves: Mapping[str, Any]) -> str:
 
 def replace_path(config: C, path: list[str], value: Any) -> C:
     """A copy of ``config`` with the field at ``path`` (e.g. ``["model", "d_model"]``) set to
-    ``value``, rebuilding each nested dataclass on the way with ``dataclasses.replace``."""
+    ``value``, rebuilding each nested dataclass on the way with ``dataclasses.replace``; a path
+    that ends inside a dict field sets that entry of a copy of the dict."""
+    if isinstance(config, Mapping):
+        return {**config, ".".join(path): value}
     name, *rest = path
     if rest:
         value = replace_path(getattr(config, name), rest, value)
@@ -229,9 +290,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def to_plain(value: Any) -> Any:
     """``value`` in JSON form: dataclass instances become dicts (``config_to_dict``), tuples and
-    lists become lists (recursively); anything else is returned as it is."""
+    lists become lists and dicts stay dicts (recursively); anything else is returned as it is."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return config_to_dict(value)
+    if isinstance(value, Mapping):
+        return {str(key): to_plain(item) for key, item in value.items()}
     if isinstance(value, (tuple, list)):
         return [to_plain(item) for item in value]
     return value
@@ -269,11 +332,15 @@ def check_value(value: Any, annotation: Any, key: str) -> Any:
 
 def coerce_json(value: Any, annotation: Any) -> Any:
     """Return JSON ``value`` as ``annotation``'s type; raise ValueError if it does not fit."""
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if annotation is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(value)
         return float(value)
     if annotation in (int, str, bool):
         if type(value) is not annotation:
             raise ValueError(value)
+        return value
+    if annotation is Any:
         return value
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -287,6 +354,10 @@ def coerce_json(value: Any, annotation: Any) -> Any:
             raise ValueError(value)
         item_types = tuple_item_types(annotation, len(value))
         return tuple(coerce_json(item, t) for item, t in zip(value, item_types))
+    if is_dict(annotation):
+        if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+            raise ValueError(value)
+        return {key: coerce_json(item, dict_value_type(annotation)) for key, item in value.items()}
     raise TypeError(f"unsupported config annotation {format_type(annotation)}")
 
 
@@ -376,9 +447,11 @@ def field_checks(cls: type) -> dict[str, tuple[Check, ...]]:
 
 
 def has_nan(value: Any) -> bool:
-    """Whether a float value (or an item of a tuple) is NaN: never a meaningful setting."""
+    """Whether a float value (or an item of a tuple or dict) is NaN: never a meaningful setting."""
     if isinstance(value, float):
         return math.isnan(value)
+    if isinstance(value, Mapping):
+        return any(has_nan(item) for item in value.values())
     return isinstance(value, tuple) and any(has_nan(item) for item in value)
 
 
@@ -440,6 +513,8 @@ def format_value(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(format_value(item) for item in value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{key}={format_value(item)}" for key, item in value.items())
     return str(value)
 
 

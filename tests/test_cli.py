@@ -235,7 +235,7 @@ from jirl.rl.advantages import ADVANTAGES
 
 
 @ADVANTAGES.register("{name}")
-def constant_advantage(rewards, mask, **unused):
+def constant_advantage(rewards, mask):
     return jnp.where(mask, 1.0, 0.0)
 '''
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import pytest
 
@@ -16,6 +16,7 @@ from jirl.config import (
     config_to_dict,
     describe_fields,
     diff_configs,
+    validate_config,
 )
 
 
@@ -281,3 +282,77 @@ def test_describe_fields_uses_override_syntax():
     assert rows["betas"] == ("tuple[float, ...]", "0.1,1.0")
     assert rows["model.d_model"] == ("int", "32")
     assert "model" not in rows
+
+
+# --------------------------------------------------------------------------- dict fields (named options)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    name: str = "ppo"
+    options: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    rl: LossConfig = dataclasses.field(default_factory=LossConfig)
+    extra: dict[str, Any] = dataclasses.field(default_factory=lambda: {"keep": 1})
+
+
+def test_a_dict_entry_is_set_by_its_name_and_parsed_by_the_value_type():
+    config = apply_overrides(StudyConfig(), ["rl.options.clip_low=0.1", "rl.options.dual_clip=3"])
+    assert config.rl.options == {"clip_low": 0.1, "dual_clip": 3.0}
+    assert StudyConfig().rl.options == {}  # the default is not shared or changed
+    again = apply_overrides(config, ["rl.options.clip_low=0.3"])
+    assert again.rl.options == {"clip_low": 0.3, "dual_clip": 3.0} and config.rl.options["clip_low"] == 0.1
+
+
+def test_any_values_parse_like_other_values():
+    config = apply_overrides(StudyConfig(), ["extra.n=8", "extra.eps=1e-4", "extra.on=true", "extra.cap=none", "extra.kind=k3"])
+    assert config.extra == {"keep": 1, "n": 8, "eps": 1e-4, "on": True, "cap": None, "kind": "k3"}
+    assert type(config.extra["n"]) is int
+
+
+def test_a_whole_dict_is_set_as_name_value_entries():
+    config = apply_overrides(StudyConfig(), ["rl.options=clip_low=0.1,clip_high=0.3"])
+    assert config.rl.options == {"clip_low": 0.1, "clip_high": 0.3}
+    assert apply_overrides(config, ["rl.options="]).rl.options == {}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rl.options.clip_low=wide", "rl.options.clip_low expects a float, got 'wide'"),
+        ("rl.options=clip_low", "rl.options expects comma-separated name=value entries, each value a float"),
+        ("rl.option.clip_low=0.1", "unknown config key 'rl.option.clip_low'"),
+        ("rl.name.x=1", "unknown config key 'rl.name.x'"),  # only dict fields take entries
+    ],
+)
+def test_bad_dict_overrides_are_config_errors(text, message):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(StudyConfig(), [text])
+    assert message in str(info.value)
+
+
+def test_a_dict_round_trips_through_json_and_is_type_checked():
+    config = apply_overrides(StudyConfig(), ["rl.options.clip_low=0.1", "extra.cap=none"])
+    data = json.loads(json.dumps(config_to_dict(config)))
+    assert data["rl"]["options"] == {"clip_low": 0.1}
+    assert config_from_dict(StudyConfig, data) == config
+    assert config_from_dict(StudyConfig, {"rl": {"options": {"clip": 1}}}).rl.options == {"clip": 1.0}
+    for bad in ({"clip": "x"}, [1], {"clip": True}):
+        with pytest.raises(ConfigError, match="rl.options expects comma-separated name=value entries"):
+            config_from_dict(StudyConfig, {"rl": {"options": bad}})
+
+
+def test_dict_fields_in_diffs_display_and_validation():
+    a = config_to_dict(StudyConfig())
+    b = config_to_dict(apply_overrides(StudyConfig(), ["rl.options.clip_low=0.1"]))
+    assert diff_configs(a, b) == ["rl.options.clip_low"]
+    shown = apply_overrides(StudyConfig(), ["rl.options=a=1,b=2.5", "extra.cap=none"])
+    rows = {key: (type_name, value) for key, type_name, value in describe_fields(shown)}
+    assert rows["rl.options"] == ("dict[str, float]", "a=1.0,b=2.5")
+    assert rows["extra"] == ("dict[str, Any]", "keep=1,cap=none")
+    assert apply_overrides(StudyConfig(), [f"rl.options={rows['rl.options'][1]}"]).rl.options == shown.rl.options
+    with pytest.raises(ConfigError, match="must be a number, got nan"):
+        validate_config(apply_overrides(StudyConfig(), ["rl.options.clip_low=nan"]))

@@ -7,7 +7,10 @@ process-wide registries, and ``devices.py`` must set ``XLA_FLAGS`` before JAX st
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +34,7 @@ def run_example(name: str, *args: str, tmp_path: Path | None = None) -> str:
     return completed.stdout
 
 
+@functools.cache  # once per process: a plugin registers its names when it runs
 def load_example(name: str):
     """The example as a module, without running its ``main``."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
@@ -63,6 +67,31 @@ def test_new_objective_loss_checks_catch_a_wrong_loss():
         example.check_loss(dpo_loss)  # DPO's link is log z, not z + log z
     with pytest.raises(AssertionError):  # no clip: the gradient does not stop
         example.check_loss(lambda pc, pr, rc, rr, *, beta, r_max=5.0: plugin.chipo_loss(pc, pr, rc, rr, beta=beta, r_max=jnp.inf))
+
+
+@pytest.mark.slow
+def test_the_plugin_loss_registered_once_runs_in_dpo_oracle(tmp_path):
+    """examples/plugins/chipo.py registers chipo in PREFERENCE_LOSSES only; dpo_oracle builds it
+    from OBJECTIVES by name, with an option from the command line (~20 s)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    out = tmp_path / "chipo"
+    settings = ["losses=chipo", "num_pairs=64", "pair_counts=", "online_iterations=0", "train.steps=2",
+                "train.eval_every=2", "train.checkpoint_every=2", "train.batch_size=16"]
+    command = [sys.executable, "-m", "jirl.cli", "--plugin", str(EXAMPLES / "plugins" / "chipo.py"), "run", "dpo_oracle",
+               "--out", str(out), "--set", *settings]
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["losses"]) == {"chipo"} and math.isfinite(results["losses"]["chipo"]["kl_to_optimal"])
+
+
+def test_the_plugin_loss_takes_exactly_its_arguments():
+    plugin = load_example("plugins/chipo")
+    from jirl.preference.losses import PREFERENCE_LOSSES, needs_reference
+
+    assert PREFERENCE_LOSSES.options("chipo") == {"r_max": 5.0}
+    assert needs_reference("chipo")
+    assert PREFERENCE_LOSSES.get("chipo") is plugin.chipo_loss
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from flax import nnx
 
 from jirl.rl.kl import response_kl
 from jirl.cli import main
-from jirl.eval.exact import ExactSetting
+from jirl.eval.setting import Setting
 from jirl.mdp import oracle
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.mdp.tasks import TaskConfig
@@ -86,7 +86,7 @@ def test_unknown_mitigation_proxy_is_a_clear_error(tmp_path, capsys):
 def test_response_kl_is_unbiased_for_the_exact_kl():
     """The mean of the per-state exact KL over sampled responses equals the oracle's sequence
     KL(pi || pi_ref), enumerated over the whole tree of a small task."""
-    setting = ExactSetting.build(TaskConfig("bigram", ("num_chars=2", "horizon=3")), ModelSize(family="gpt2", d_model=16), seed=0)
+    setting = Setting.build(TaskConfig("bigram", ("num_chars=2", "horizon=3")), ModelSize(family="gpt2", d_model=16), seed=0)
     task = setting.task
     model_config = ModelSize(family="gpt2", d_model=16).build(task.vocab_size, task.prompt_width + task.horizon)
     _, policy = nnx.split(Transformer(model_config, rngs=nnx.Rngs(1)))

@@ -10,7 +10,9 @@ z = pi(y|x) / pi_ref(y|x), and the margin clipped to [-2 R_max, 2 R_max]:
 Its population optimum regularises with chi^2 + KL instead of KL alone:
 beta phi(pi(y|x) / pi_ref(y|x)) = R(x, y) + c(x).
 
-Use it from the command line (the file is imported before the command runs):
+Registering it once is enough: the loss is then also the objective "chipo" in
+``jirl.train.losses.OBJECTIVES``, which experiments such as ``dpo_oracle`` build from. Use it
+from the command line (the file is imported before the command runs):
 
     jirl --plugin examples/plugins/chipo.py list
     JIRL_PLUGINS=examples/plugins/chipo.py jirl run dpo_oracle --set losses=dpo,chipo
@@ -20,8 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from jirl.preference.losses import PREFERENCE_LOSSES
-from jirl.preference.objective import preference_loss
-from jirl.train.losses import OBJECTIVES
 
 MAX_LOG_RATIO = 30.0  # exp(30) ~ 1e13: far past any clip, and no float32 overflow
 
@@ -32,15 +32,9 @@ def chi_link(log_ratio):
 
 
 @PREFERENCE_LOSSES.register("chipo")
-def chipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-               chosen_len=None, rejected_len=None, r_max=5.0, **unused):
+def chipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, r_max=5.0):
     """chiPO: the Bradley-Terry NLL of the clipped margin beta (phi(z+) - phi(z-)). Arguments
-    are ``[B]`` sums of response log-probs; ``r_max`` bounds the reward (the clip is 2 r_max)."""
+    are ``[B]`` sums of response log-probs; ``r_max`` bounds the reward (the clip is 2 r_max),
+    an option (``preference_loss(graphdef, "chipo", r_max=...)``)."""
     margin = beta * (chi_link(policy_chosen - ref_chosen) - chi_link(policy_rejected - ref_rejected))
     return jax.nn.softplus(-jnp.clip(margin, -2.0 * r_max, 2.0 * r_max))
-
-
-# Experiments build objectives from OBJECTIVES by name. jirl copies the paired preference losses
-# into it when jirl.preference.objective is first imported (above, before this loss existed), so a
-# loss added later is registered there too: the factory turns the loss into loss_fn(params, batch, key).
-OBJECTIVES.register("chipo", lambda graphdef, **options: preference_loss(graphdef, "chipo", **options))

@@ -1,11 +1,16 @@
 """Dense credit assignment: a sparse sequence reward turned into dense ``[batch, time]`` rewards.
 
-Every scheme shares one signature, so an experiment or the RL loop picks one by name from
-``CREDIT_SCHEMES`` (DESIGN.md contract 10) and every RL loss accepts its output (contract 4)::
+Every scheme takes ``rewards, mask`` and then exactly the model outputs and options its
+equation needs (``attention_credit(rewards, mask, *, attention, abc_weight=0.5)``). An
+experiment or the RL loop picks one by name from ``CREDIT_SCHEMES`` (DESIGN.md contract 10)
+through the adapter ``credit_fn``, and every RL loss accepts its output (contract 4)::
 
-    dense = CREDIT_SCHEMES.get(name)(rewards, mask, *, potentials=None, attention=None,
-                                     process_rewards=None, implicit_rewards=None,
-                                     predicted_rewards=None, **options)
+    credit = credit_fn(name, options)   # options checked here: a misspelt one is an error
+    dense = credit(rewards, mask, *, potentials=None, attention=None, process_rewards=None,
+                   implicit_rewards=None, predicted_rewards=None)
+
+``credit`` passes the scheme only the inputs it declares and says which one is missing and
+how to compute it when a scheme needs it.
 
 * ``rewards [B, T]``: the rewards given, usually sparse (the sequence reward ``R_b`` on the
   last valid step). Schemes read only their per-sequence return ``R_b = sum_t m_bt r_bt``.
@@ -30,7 +35,7 @@ rto             ``R_b + c sum_t clip(r^dpo_t)``: the DPO token rewards are *adde
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +47,22 @@ from jirl.rl import advantages
 Array = jax.Array
 CreditScheme = Callable[..., Array]
 
-CREDIT_SCHEMES: Registry[CreditScheme] = Registry("credit scheme")
+CREDIT_SCHEMES: Registry[CreditScheme] = Registry(
+    "credit scheme",
+    inputs=("potentials", "attention", "process_rewards", "implicit_rewards", "predicted_rewards"),
+    input_help={
+        "potentials": "potentials=[batch, time + 1] are Phi of the state before each step and after the last; compute "
+        "them with jirl.credit.models.prefix_potentials(reward or value model, ...)",
+        "attention": "attention=[batch, time] is the reward model's attention over the response; compute it with "
+        "jirl.credit.models.scores_and_attention(reward model, ...) from a transformer reward model",
+        "process_rewards": "process_rewards=[batch, time] are the implicit PRM's token rewards; compute them with "
+        "jirl.credit.prime.prime_process_rewards (an implicit PRM and its reference)",
+        "implicit_rewards": "implicit_rewards=[batch, time] are a DPO policy's token rewards; compute them with "
+        "jirl.preference.implicit.implicit_token_rewards(DPO policy, reference, ...)",
+        "predicted_rewards": "predicted_rewards=[batch, time] come from a return-decomposition model; train a "
+        "TokenRewardModel with jirl.credit.decomposition.randomized_decomposition_loss",
+    },
+)
 
 
 def check_dense_rewards(dense, mask, name: str = "dense rewards") -> None:
@@ -53,12 +73,6 @@ def check_dense_rewards(dense, mask, name: str = "dense rewards") -> None:
             "dense rewards must be [batch, time] on the response time axis (step t = the token at slot "
             "prompt_len + t; jirl.models.scoring.gather_response reads buffer-aligned arrays that way)"
         )
-
-
-def _require(value, what: str, scheme: str, how: str) -> Array:
-    if value is None:
-        raise JirlError(f"credit scheme {scheme!r} needs {what}; {how}")
-    return value
 
 
 def sequence_returns(rewards, mask) -> Array:
@@ -74,27 +88,27 @@ def last_step(mask) -> Array:
 
 
 @CREDIT_SCHEMES.register("none")
-def identity(rewards, mask, **unused) -> Array:
+def identity(rewards, mask) -> Array:
     """The rewards as given (already dense, e.g. a task's true per-token reward)."""
     check_dense_rewards(rewards, mask, "rewards")
     return jnp.where(mask, rewards, 0.0)
 
 
 @CREDIT_SCHEMES.register("terminal")
-def terminal(rewards, mask, **unused) -> Array:
+def terminal(rewards, mask) -> Array:
     """Sparse outcome reward: ``r'_t = R 1[t = T - 1]`` (the whole return on the last step)."""
     return jnp.where(last_step(mask), sequence_returns(rewards, mask)[:, None], 0.0)
 
 
 @CREDIT_SCHEMES.register("uniform")
-def uniform(rewards, mask, **unused) -> Array:
+def uniform(rewards, mask) -> Array:
     """The naive dense baseline: ``r'_t = R / T`` on every valid step."""
     lengths = jnp.maximum(jnp.sum(mask, axis=1), 1)
     return jnp.where(mask, (sequence_returns(rewards, mask) / lengths)[:, None], 0.0)
 
 
 @CREDIT_SCHEMES.register("shaping")
-def potential_shaping(rewards, mask, *, potentials=None, gamma: float = 1.0, **unused) -> Array:
+def potential_shaping(rewards, mask, *, potentials, gamma: float = 1.0) -> Array:
     """Potential-based shaping (Ng, Harada & Russell 1999, "Policy invariance under reward
     transformations"):
 
@@ -106,10 +120,6 @@ def potential_shaping(rewards, mask, *, potentials=None, gamma: float = 1.0, **u
     gamma = 1 every return changes by ``-Phi(s_0)``, a prompt-only constant: optimal policies,
     KL-regularised or not, are unchanged (tested against the exact oracle).
     """
-    potentials = _require(
-        potentials, "potentials=[batch, time + 1] (Phi of the state before each step and after the last)",
-        "shaping", "compute them with jirl.credit.models.prefix_potentials(reward or value model, ...)",
-    )
     check_dense_rewards(rewards, mask, "rewards")
     b, t = jnp.shape(mask)
     if jnp.shape(potentials) != (b, t + 1):
@@ -119,7 +129,7 @@ def potential_shaping(rewards, mask, *, potentials=None, gamma: float = 1.0, **u
 
 
 @CREDIT_SCHEMES.register("abc")
-def attention_credit(rewards, mask, *, attention=None, abc_weight: float = 0.5, **unused) -> Array:
+def attention_credit(rewards, mask, *, attention, abc_weight: float = 0.5) -> Array:
     """Attention-based credit, ABC (Chan et al. 2024, "Dense reward for free in reinforcement
     learning from human feedback"):
 
@@ -130,10 +140,6 @@ def attention_credit(rewards, mask, *, attention=None, abc_weight: float = 0.5, 
     unchanged). ``attention [B, T]`` comes from ``jirl.credit.models.scores_and_attention`` (or ``attention_inputs`` for ``with_credit``); it
     is renormalised here too, so raw attention rows may be passed. ``b = abc_weight``.
     """
-    attention = _require(
-        attention, "the reward model's attention over the response, attention=[batch, time]", "abc",
-        "compute it with jirl.credit.models.scores_and_attention(reward model, ...) from a transformer reward model",
-    )
     check_dense_rewards(attention, mask, "attention")
     weights = jnp.where(mask, attention, 0.0)
     weights = weights / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1e-30)
@@ -142,7 +148,7 @@ def attention_credit(rewards, mask, *, attention=None, abc_weight: float = 0.5, 
 
 
 @CREDIT_SCHEMES.register("decomposition")
-def return_decomposition(rewards, mask, *, predicted_rewards=None, **unused) -> Array:
+def return_decomposition(rewards, mask, *, predicted_rewards) -> Array:
     """Return decomposition (Arjona-Medina et al. 2019, RUDDER; Ren et al. 2022, "Learning
     long-term reward redistribution via randomized return decomposition"): a learned token
     reward ``r_hat_t`` whose sum regresses the return, with the residual spread uniformly so
@@ -153,19 +159,15 @@ def return_decomposition(rewards, mask, *, predicted_rewards=None, **unused) -> 
     ``predicted_rewards [B, T]`` from ``jirl.credit.models.token_rewards`` of a
     ``TokenRewardModel`` trained with ``jirl.credit.decomposition.randomized_decomposition_loss``.
     """
-    predicted = _require(
-        predicted_rewards, "predicted_rewards=[batch, time] from a return-decomposition model", "decomposition",
-        "train a TokenRewardModel with jirl.credit.decomposition.randomized_decomposition_loss",
-    )
-    check_dense_rewards(predicted, mask, "predicted_rewards")
-    predicted = jnp.where(mask, predicted, 0.0)
+    check_dense_rewards(predicted_rewards, mask, "predicted_rewards")
+    predicted = jnp.where(mask, predicted_rewards, 0.0)
     residual = sequence_returns(rewards, mask) - jnp.sum(predicted, axis=1)
     lengths = jnp.maximum(jnp.sum(mask, axis=1), 1)
     return jnp.where(mask, predicted + (residual / lengths)[:, None], 0.0)
 
 
 @CREDIT_SCHEMES.register("prime")
-def implicit_process_credit(rewards, mask, *, process_rewards=None, process_coef: float = 1.0, **unused) -> Array:
+def implicit_process_credit(rewards, mask, *, process_rewards, process_coef: float = 1.0) -> Array:
     """PRIME (Cui et al. 2025, "Process reinforcement through implicit rewards"): the outcome
     reward plus the implicit process reward of a PRM trained online from outcome labels,
 
@@ -176,16 +178,12 @@ def implicit_process_credit(rewards, mask, *, process_rewards=None, process_coef
     returns (``rloo_to_go``) this is PRIME's combination of both under a leave-one-out
     baseline. The return becomes ``R + c sum_t r^phi_t``.
     """
-    process = _require(
-        process_rewards, "process_rewards=[batch, time], the implicit PRM's token rewards", "prime",
-        "compute them with jirl.credit.prime.prime_process_rewards (an implicit PRM and its reference)",
-    )
-    check_dense_rewards(process, mask, "process_rewards")
-    return jnp.where(mask, terminal(rewards, mask) + process_coef * process, 0.0)
+    check_dense_rewards(process_rewards, mask, "process_rewards")
+    return jnp.where(mask, terminal(rewards, mask) + process_coef * process_rewards, 0.0)
 
 
 @CREDIT_SCHEMES.register("rto")
-def dpo_token_credit(rewards, mask, *, implicit_rewards=None, rto_coef: float = 1.0, rto_clip: float = 1.0, **unused) -> Array:
+def dpo_token_credit(rewards, mask, *, implicit_rewards, rto_coef: float = 1.0, rto_clip: float = 1.0) -> Array:
     """RTO (Zhong et al. 2024, "DPO meets PPO: reinforced token optimization for RLHF"): a DPO
     policy's token rewards, clipped, plus the outcome (reward-model) score at the end,
 
@@ -195,12 +193,8 @@ def dpo_token_credit(rewards, mask, *, implicit_rewards=None, rto_coef: float = 
     rto_clip``, ``c = rto_coef``). The KL to the reference that RTO also puts in the reward is
     the RL loop's ``kl_coef``. The return becomes ``R + c sum_t clip(...)``.
     """
-    implicit = _require(
-        implicit_rewards, "implicit_rewards=[batch, time], a DPO policy's token rewards", "rto",
-        "compute them with jirl.preference.implicit.implicit_token_rewards(DPO policy, reference, ...)",
-    )
-    check_dense_rewards(implicit, mask, "implicit_rewards")
-    clipped = jnp.clip(implicit, -rto_clip, rto_clip)
+    check_dense_rewards(implicit_rewards, mask, "implicit_rewards")
+    clipped = jnp.clip(implicit_rewards, -rto_clip, rto_clip)
     return jnp.where(mask, terminal(rewards, mask) + rto_coef * clipped, 0.0)
 
 
@@ -218,6 +212,17 @@ def credit_correlation(dense, true_rewards, mask) -> Array:
     return jnp.where(denominator > 0, jnp.sum(a * b) / jnp.where(denominator > 0, denominator, 1.0), 0.0)
 
 
+def credit_fn(name: str, options: Mapping[str, Any] | None = None) -> Callable[..., Array]:
+    """The credit scheme registered as ``name`` with its ``options`` (``abc_weight``, ``gamma``,
+    ``process_coef``, ``rto_coef``, ``rto_clip``), as ``f(rewards, mask, **inputs) -> dense
+    [B, T]``. ``inputs`` are any of ``CREDIT_SCHEMES.inputs`` (``potentials``, ``attention``,
+    ``process_rewards``, ``implicit_rewards``, ``predicted_rewards``); ``f`` passes the scheme
+    those it declares and raises ``MissingInputError`` (a ``JirlError``) saying how to compute
+    one it needs and did not get. Options are checked now: an unknown one is a ``ConfigError``
+    naming the scheme's options."""
+    return CREDIT_SCHEMES.bind(name, options)
+
+
 def with_credit(reward_fn, scheme: str, inputs_fn=None, **options):
     """Wrap an RL reward function ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]``
     (the form ``jirl.rl.loop.collect`` takes) so that its rewards are redistributed by the
@@ -229,12 +234,12 @@ def with_credit(reward_fn, scheme: str, inputs_fn=None, **options):
         reward_fn = with_credit(reward_model_rewards(rm, params, vocab, horizon), "abc",
                                 attention_inputs(rm, params, horizon), abc_weight=0.5)
     """
-    credit = CREDIT_SCHEMES.get(scheme)
+    credit = credit_fn(scheme, options)
 
     def dense_reward_fn(tokens, prompt_lens, response_lens):
         rewards = reward_fn(tokens, prompt_lens, response_lens)
         mask = jnp.arange(rewards.shape[1])[None, :] < response_lens[:, None]
         inputs = inputs_fn(tokens, prompt_lens, response_lens) if inputs_fn is not None else {}
-        return credit(rewards, mask, **inputs, **options)
+        return credit(rewards, mask, **inputs)
 
     return dense_reward_fn

@@ -89,7 +89,7 @@ from jirl.models.heads import SequenceRewardModel, TokenRewardModel, ValueModel
 from jirl.models.scoring import gather_response, response_log_probs, response_mask
 from jirl.models.transformer import Transformer, TransformerConfig
 from jirl.rewards.models import terminal_rewards
-from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
+from jirl.rl.loop import RLConfig, check_update_metrics, make_rl_update
 from jirl.train.loop import NonFiniteLossError
 from jirl.train.losses import OBJECTIVES, LossOutput
 from jirl.train.step import TrainState, init_train_state, make_update_step
@@ -553,13 +553,14 @@ class AdversarialConfig:
 @dataclasses.dataclass(frozen=True)
 class AdversarialSetup:
     """What an adversarial run holds fixed: task, expert demos, the policy (graphdef, reference,
-    compiled RL step, RL config) and the discriminator (graphdef, compiled step)."""
+    compiled RL update ``policy_update(state, ref_params, key, disc_params)``, RL config) and the
+    discriminator (graphdef, compiled step)."""
 
     task: Any
     expert: Demonstrations
     policy_graphdef: Any
     ref_params: Any
-    policy_step: Callable
+    policy_update: Callable
     rl: RLConfig
     disc_graphdef: Any
     disc_step: Callable
@@ -586,8 +587,13 @@ def init_adversarial(
     else:
         disc_loss = gail_loss(disc_graphdef, config.level, config.grad_penalty)
     policy_key, disc_key = jax.random.split(key)
+    rl_update = make_rl_update(task, policy_graphdef, policy_optimizer, rl)
+
+    def policy_update(state, reference, rl_key, disc_params):  # the reward is rebuilt from traced parameters
+        return rl_update(state, reference, rl_key, reward_fn=policy_reward_fn(setup, disc_params))
+
     setup = AdversarialSetup(
-        task, expert, policy_graphdef, ref_params, make_update_step(rl_loss(policy_graphdef, rl, task.horizon), policy_optimizer),
+        task, expert, policy_graphdef, ref_params, jax.jit(policy_update, donate_argnums=0),
         rl, disc_graphdef, make_update_step(disc_loss, disc_optimizer), config,
     )
     policy_state = init_train_state(policy_params, policy_optimizer, policy_key)
@@ -606,7 +612,7 @@ def policy_reward_fn(setup: AdversarialSetup, disc_params) -> Callable:
 
 def adversarial_iteration(key, setup: AdversarialSetup, policy_state, disc_state, buffer: ReplayBuffer):
     """One round: sample the policy into the replay buffer, ``disc_steps`` discriminator updates
-    on expert vs replayed rows, then one ``rl_iteration`` on the discriminator's reward.
+    on expert vs replayed rows, then one RL iteration (``make_rl_update``) on the discriminator's reward.
     AIRL's log-probs are recomputed under the current policy at every update; with replay
     that is an approximation (replayed rows come from recent policies, not the current one),
     exact when ``buffer_capacity <= samples_per_iteration``. ``policy_gold_return`` (the task's
@@ -631,9 +637,10 @@ def adversarial_iteration(key, setup: AdversarialSetup, policy_state, disc_state
             f"a {config.method} discriminator update was NaN/inf before step {int(disc_state.step) + 1} "
             f"(last loss {float(disc_metrics['loss']):.4g}); lower disc_learning_rate or check the expert data"
         )
-    reward_fn = policy_reward_fn(setup, disc_state.full_params)
-    policy_state, rl_metrics = rl_iteration(rl_key, task, setup.policy_graphdef, policy_state, setup.ref_params, setup.policy_step, setup.rl, reward_fn=reward_fn)
+    policy_state, rl_metrics = setup.policy_update(policy_state, setup.ref_params, rl_key, disc_state.full_params)
+    rl_metrics = jax.device_get(rl_metrics)
+    check_update_metrics(rl_metrics, where=f"{config.method} policy update")
     metrics = {f"disc/{k}": float(v) for k, v in disc_metrics.items() if np.ndim(v) == 0}
-    metrics.update({f"rl/{k}": v for k, v in rl_metrics.items()})
+    metrics.update({f"rl/{k}": float(v) for k, v in rl_metrics.items()})
     metrics["policy_gold_return"] = float(jnp.mean(fresh.returns))
     return policy_state, disc_state, buffer, metrics

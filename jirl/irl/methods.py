@@ -22,6 +22,7 @@ from jirl.mdp import oracle
 from jirl.mdp.demonstrations import Demonstrations, from_policy
 from jirl.registry import Registry
 from jirl.rewards.models import reward_model_rewards
+from jirl.rl.loop import RLConfig
 
 
 @dataclasses.dataclass
@@ -215,13 +216,15 @@ def iq_learn_method(context: IRLContext, settings: IQLearnConfig) -> LearnedRewa
 class AdversarialSettings:
     """Settings of the ``airl`` and ``gail`` methods: alternating ``iterations``, the AIRL
     discriminator loss ``level`` (``"sequence"`` or ``"token"``; GAIL always uses ``"token"``),
-    ``disc_steps`` discriminator updates per iteration and the two learning rates."""
+    ``disc_steps`` discriminator updates per iteration, the two learning rates and the policy's
+    RL iteration ``rl`` (AIRL fixes its ``kl_coef`` to 1: only then is its RL objective AIRL's)."""
 
     iterations: Annotated[int, at_least(1)] = 200
     level: Annotated[str, registered(('sequence', 'token'))] = "sequence"  # discriminator loss per response ("sequence") or per token
     disc_steps: Annotated[int, at_least(1)] = 10
     policy_learning_rate: Annotated[float, finite, positive] = 3e-3
     disc_learning_rate: Annotated[float, finite, positive] = 1e-3
+    rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(prompts_per_iteration=16, group_size=8))
 
 
 def run_adversarial(context: IRLContext, settings: AdversarialSettings, method: str):
@@ -232,18 +235,17 @@ def run_adversarial(context: IRLContext, settings: AdversarialSettings, method: 
 
     from jirl.irl import adversarial as adv
     from jirl.models.heads import TokenRewardModel
-    from jirl.rl.loop import RLConfig
 
     keys = jax.random.split(context.key, 3)
     if method == "airl":
         reference = adv.uniform_reference(context.graphdef, context.init_params)
         disc = adv.AIRLDiscriminator(context.model_config, rngs=nnx.Rngs(int(jax.random.randint(keys[0], (), 0, 2**30))))
-        rl = RLConfig(kl_coef=1.0, prompts_per_iteration=16, group_size=8)
+        rl = dataclasses.replace(settings.rl, kl_coef=1.0)
         config = adv.AdversarialConfig(method="airl", level=settings.level, disc_steps=settings.disc_steps)
     else:
         reference = context.init_params
         disc = TokenRewardModel(context.model_config, rngs=nnx.Rngs(int(jax.random.randint(keys[0], (), 0, 2**30))))
-        rl = RLConfig(kl_coef=0.0, prompts_per_iteration=16, group_size=8)
+        rl = settings.rl
         config = adv.AdversarialConfig(method="gail", level="token", gail_reward="logit", disc_steps=settings.disc_steps)
     disc_graphdef, disc_params = nnx.split(disc)
     setup, policy_state, disc_state, buffer = adv.init_adversarial(

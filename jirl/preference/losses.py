@@ -8,35 +8,48 @@ The KL-regularised RL optimum pi*(y|x) = pi_ref(y|x) exp(r(x, y) / beta) / Z(x) 
 and the prompt-only term beta log Z(x) cancels in every pairwise comparison (Rafailov et al.
 2023). Fitting this implicit reward to preference pairs therefore trains the policy directly.
 
-Paired losses share one signature; every array has shape ``[B]``, one entry per preference pair,
-and log-probabilities are SUMS over the response tokens of the sequence:
+Every array has shape ``[B]``, one entry per preference pair, and log-probabilities are SUMS
+over the response tokens of the sequence. A paired loss takes the pair's policy log-probs and
+then exactly what its equation needs (rlax style): the reference sums, ``beta``, the response
+lengths, the chosen response's per-token NLL, and its options as keyword-only parameters::
 
-    fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-       *, beta, chosen_len, rejected_len, **options) -> per-pair loss [B]
+    dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta)
+    simpo_loss(policy_chosen, policy_rejected, *, beta, chosen_len, rejected_len, gamma=0.5)
 
-Every paired loss accepts all of these keywords (and ignores extra ones through ``**unused``),
-so a caller can pass one uniform set; reference-free losses ignore the ``ref_*`` inputs and
-length-normalised ones divide the sums by ``max(len, 1)``. Options are Python hyperparameters.
+Its signature is its declaration: a loss that takes ``ref_chosen``/``ref_rejected`` needs a
+reference model (``needs_reference``), one that takes ``chosen_nll_per_token`` gets the SFT
+term (ORPO), one that takes ``chosen_len``/``rejected_len`` gets the lengths. The adapter
+``preference_loss_fn(name, options)`` owns the shared call,
 
-``kto`` is UNPAIRED and has its own signature (see ``kto_loss``); ``UNPAIRED_LOSS_NAMES`` lists
-such entries. Registered by name in ``PREFERENCE_LOSSES``: ``dpo``, ``cdpo``, ``robust_dpo``,
-``ipo``, ``hinge``, ``slic``, ``simpo``, ``orpo``, ``spin``, ``kto``.
+    f(policy_chosen, policy_rejected, *, ref_chosen=None, ref_rejected=None, beta=None,
+      chosen_len=None, rejected_len=None, chosen_nll_per_token=None) -> per-pair loss [B],
+
+passes each loss only what it declares and refuses an unknown option with a ``ConfigError``
+naming the valid ones. Options are Python hyperparameters. A loss registered here, by jirl or
+by a plugin, is also a training objective in ``jirl.train.losses.OBJECTIVES`` (registered by
+``jirl.preference.objective``), so every experiment can use it.
+
+``kto`` is UNPAIRED (one response per entry, see ``kto_loss``); ``is_paired`` tells the two
+kinds apart by the first parameters. Registered by name in ``PREFERENCE_LOSSES``: ``dpo``,
+``cdpo``, ``robust_dpo``, ``ipo``, ``hinge``, ``slic``, ``simpo``, ``orpo``, ``spin``, ``kto``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from jirl.registry import Registry
+from jirl.registry import Bound, Registry
 
 PreferenceLoss = Callable[..., jax.Array]
-PREFERENCE_LOSSES: Registry[PreferenceLoss] = Registry("preference loss")
-
-# Registered losses that do not follow the paired signature.
-UNPAIRED_LOSS_NAMES: frozenset[str] = frozenset({"kto"})
+PREFERENCE_LOSSES: Registry[PreferenceLoss] = Registry(
+    "preference loss",
+    inputs=("ref_chosen", "ref_rejected", "beta", "chosen_len", "rejected_len", "chosen_nll_per_token", "kl_reference"),
+)
+PAIRED_PARAMETERS = ("policy_chosen", "policy_rejected")  # how a paired loss's signature starts
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -67,8 +80,7 @@ def _dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
 
 
 @PREFERENCE_LOSSES.register("dpo")
-def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-             chosen_len=None, rejected_len=None, **unused):
+def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta):
     """Sigmoid DPO (Rafailov, Sharma, Mitchell, Ermon, Manning, Finn 2023, "Direct preference
     optimization: your language model is secretly a reward model"): the Bradley-Terry NLL of the
     implicit reward,
@@ -80,8 +92,7 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
 
 
 @PREFERENCE_LOSSES.register("cdpo")
-def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-              chosen_len=None, rejected_len=None, label_smoothing=0.1, **unused):
+def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, label_smoothing=0.1):
     """Conservative DPO (Mitchell 2023, "A note on DPO with noisy preferences & relationship to
     IPO"): DPO with the label flipped with probability eps (label smoothing),
 
@@ -95,8 +106,7 @@ def cdpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
 
 
 @PREFERENCE_LOSSES.register("robust_dpo")
-def robust_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-                    chosen_len=None, rejected_len=None, label_smoothing=0.1, **unused):
+def robust_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta, label_smoothing=0.1):
     """Robust DPO (Chowdhury, Kini, Natarajan 2024, "Provably robust DPO: aligning language
     models with noisy feedback"): an unbiased estimate of the clean DPO loss when labels are
     flipped with known probability eps < 1/2,
@@ -114,8 +124,7 @@ def robust_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *,
 
 
 @PREFERENCE_LOSSES.register("ipo")
-def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-             chosen_len=None, rejected_len=None, **unused):
+def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta):
     """IPO (Azar, Rowland, Piot, Guo, Calandriello, Valko, Munos 2023, "A general theoretical
     paradigm to understand learning from human preferences"): squared regression of the log-ratio
     difference onto a fixed target, with tau = beta,
@@ -130,8 +139,7 @@ def ipo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
 
 
 @PREFERENCE_LOSSES.register("hinge")
-def hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-               chosen_len=None, rejected_len=None, **unused):
+def hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta):
     """Hinge loss on the DPO margin: SLiC-HF (Zhao, Joshi, Liu, Khalman, Saleh, Liu 2023, "SLiC-HF:
     sequence likelihood calibration with human feedback") in the reference-ratio form of RSO (Liu
     et al. 2024, "Statistical rejection sampling improves preference optimization"),
@@ -143,28 +151,26 @@ def hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta
 
 
 @PREFERENCE_LOSSES.register("slic")
-def slic_loss(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, beta=None,
-              chosen_len=None, rejected_len=None, delta=1.0, **unused):
+def slic_loss(policy_chosen, policy_rejected, *, delta=1.0):
     """Original SLiC calibration loss (Zhao et al. 2023, "SLiC-HF: sequence likelihood
     calibration with human feedback"), reference-free:
 
         l = max(0, delta - (pc - pr)).
 
-    The SFT (cross-entropy) regulariser of SLiC is added by the objective, not here; ``beta`` and
-    the reference log-probs are ignored.
+    The SFT (cross-entropy) regulariser of SLiC is added by the objective, not here
+    (``sft_weight``). Needs neither ``beta`` nor a reference.
     """
     return jax.nn.relu(delta - (policy_chosen - policy_rejected))
 
 
 @PREFERENCE_LOSSES.register("simpo")
-def simpo_loss(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, beta,
-               chosen_len, rejected_len, gamma=0.5, **unused):
+def simpo_loss(policy_chosen, policy_rejected, *, beta, chosen_len, rejected_len, gamma=0.5):
     """SimPO (Meng, Xia, Chen 2024, "SimPO: simple preference optimization with a reference-free
     reward"): the length-normalised log-likelihood is the reward, with target margin gamma,
 
         l = softplus(-(beta pc / |y+| - beta pr / |y-| - gamma)).
 
-    ``gamma`` is absolute (as in the paper), not gamma / beta. Reference-free: ``ref_*`` ignored.
+    ``gamma`` is absolute (as in the paper), not gamma / beta. Reference-free.
     """
     margin = beta * _per_token(policy_chosen, chosen_len) - beta * _per_token(policy_rejected, rejected_len)
     return jax.nn.softplus(-(margin - gamma))
@@ -177,29 +183,23 @@ def _log_odds(mean_logp):
 
 
 @PREFERENCE_LOSSES.register("orpo")
-def orpo_loss(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, *, beta=None,
-              chosen_len, rejected_len, lam=0.1, chosen_nll_per_token=None, **unused):
+def orpo_loss(policy_chosen, policy_rejected, *, chosen_len, rejected_len, chosen_nll_per_token, lam=0.1):
     """ORPO odds-ratio term (Hong, Lee, Thorne 2024, "ORPO: monolithic preference optimization
     without reference model"). With length-normalised log-probs lc = pc / |y+|, lr = pr / |y-|
     and log odds(l) = l - log(1 - exp(l)),
 
         l_OR = -log sigma(log odds(lc) - log odds(lr)),    l = nll + lam * l_OR,
 
-    where nll is ``chosen_nll_per_token`` (the mean per-token NLL of the chosen response, the
-    paper's SFT term) if given, else 0 so that the objective can add it. Reference-free: ``ref_*``
-    and ``beta`` are ignored.
+    where nll is ``chosen_nll_per_token``, the mean per-token NLL of the chosen response (the
+    paper's SFT term; the objective computes it). Reference-free; no ``beta``.
     """
     log_odds_ratio = _log_odds(_per_token(policy_chosen, chosen_len)) - _log_odds(
         _per_token(policy_rejected, rejected_len))
-    loss = lam * jax.nn.softplus(-log_odds_ratio)
-    if chosen_nll_per_token is not None:
-        loss = loss + chosen_nll_per_token
-    return loss
+    return chosen_nll_per_token + lam * jax.nn.softplus(-log_odds_ratio)
 
 
 @PREFERENCE_LOSSES.register("spin")
-def spin_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
-              chosen_len=None, rejected_len=None, **unused):
+def spin_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta):
     """SPIN (Chen, Deng, Yuan, Ji, Gu 2024, "Self-play fine-tuning converts weak language models
     to strong language models") with the logistic loss:
 
@@ -211,6 +211,41 @@ def spin_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta,
     """
     h = _dpo_margin(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)
     return jax.nn.softplus(-h)
+
+
+# ---------------------------------------------------------------------------------- the adapter
+
+
+def is_paired(loss: PreferenceLoss) -> bool:
+    """Whether a preference loss takes pairs: its first parameters are ``policy_chosen,
+    policy_rejected`` (KTO's are ``policy_logp, ref_logp, desirable``)."""
+    return tuple(inspect.signature(loss).parameters)[: len(PAIRED_PARAMETERS)] == PAIRED_PARAMETERS
+
+
+def preference_loss_fn(name: str, options: Mapping[str, Any] | None = None) -> Bound:
+    """The paired loss registered as ``name`` with its ``options`` (``label_smoothing``,
+    ``gamma``, ``delta``, ``lam``, a plugin's own), under the one paired signature::
+
+        f(policy_chosen, policy_rejected, *, ref_chosen=None, ref_rejected=None, beta=None,
+          chosen_len=None, rejected_len=None, chosen_nll_per_token=None) -> [B]
+
+    ``f`` passes the loss only the inputs it declares (``f.inputs``: a loss needs a reference
+    iff ``"ref_chosen" in f.inputs``) and raises ``MissingInputError`` for one it needs and did
+    not get. Options are checked now: an unknown one is a ``ConfigError`` naming the loss's
+    options. An unpaired loss (``kto``) is a ``ValueError``: it has its own objective."""
+    if not is_paired(PREFERENCE_LOSSES.get(name)):
+        raise ValueError(
+            f"preference loss {name!r} is unpaired (it does not take policy_chosen, policy_rejected); it has its own "
+            "objective (kto_objective for kto)"
+        )
+    return PREFERENCE_LOSSES.bind(name, options)
+
+
+def needs_reference(name: str) -> bool:
+    """Whether the preference loss registered as ``name`` compares the policy with a reference
+    (it takes ``ref_chosen``/``ref_rejected``, or ``ref_logp`` for an unpaired loss)."""
+    parameters = inspect.signature(PREFERENCE_LOSSES.get(name)).parameters
+    return bool({"ref_chosen", "ref_rejected", "ref_logp"} & set(parameters))
 
 
 # -------------------------------------------------------------------------------- unpaired: KTO
@@ -228,7 +263,9 @@ def kto_kl_reference(policy_logp_mismatched, ref_logp_mismatched):
 def kto_loss(policy_logp, ref_logp, desirable, *, beta, kl_reference,
              desirable_weight=1.0, undesirable_weight=1.0):
     """KTO (Ethayarajh, Xu, Muennighoff, Jurafsky, Kiela 2024, "KTO: model alignment as prospect
-    theoretic optimization"). UNPAIRED signature: one response per entry, all arrays ``[B]``.
+    theoretic optimization"). UNPAIRED signature: one response per entry, all arrays ``[B]``;
+    options ``desirable_weight`` and ``undesirable_weight`` (checked by
+    ``PREFERENCE_LOSSES.bind("kto", options)``, as ``kto_objective`` does).
 
     With r = log pi(y|x) - log pi_ref(y|x) and reference point z0 = max(0, kl_reference) held
     constant (stop_gradient; see ``kto_kl_reference``),

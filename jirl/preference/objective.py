@@ -12,12 +12,16 @@ The reference policy comes from one of two places:
   ``init_train_state(..., trainable=POLICY_ONLY)``, the reference scored inside the step
   (online training, where responses are new every iteration).
 
-Reference-free losses (SimPO, ORPO, SLiC) need neither.
+Reference-free losses (SimPO, ORPO, SLiC: those whose signature has no ``ref_*``) need neither.
+
+Every paired loss in ``PREFERENCE_LOSSES``, a plugin's included, is registered as an objective
+in ``OBJECTIVES`` under its own name (``OBJECTIVES.get(name)(graphdef, beta=..., **options)``),
+whenever it is registered; ``kto`` as ``kto_objective``.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +31,16 @@ from flax import nnx
 from jirl.config import ConfigError, JirlError
 from jirl.data.errors import DataError
 from jirl.models.scoring import response_log_probs, response_mask
-from jirl.preference.losses import PREFERENCE_LOSSES, UNPAIRED_LOSS_NAMES, implicit_reward, kto_kl_reference
+from jirl.preference.losses import (
+    PREFERENCE_LOSSES,
+    implicit_reward,
+    is_paired,
+    kto_kl_reference,
+    needs_reference,
+    preference_loss_fn,
+)
 from jirl.train.losses import OBJECTIVES, LossOutput
 
-REFERENCE_FREE = frozenset({"simpo", "orpo", "slic"})
 POLICY_ONLY = nnx.PathContains("policy")  # the trainable filter when params carry a reference
 PAIR_KEYS = ("chosen", "rejected", "prompt_len", "chosen_len", "rejected_len")
 
@@ -106,24 +116,15 @@ def add_reference_log_probs(graphdef, reference_params, batch: dict, batch_size:
     return {**batch, "ref_chosen": np.concatenate(chosen), "ref_rejected": np.concatenate(rejected)}
 
 
-def check_options(loss: str, fn, options: dict) -> None:
-    """Refuse options the loss does not take: its ``**unused`` would swallow a typo silently."""
-    named = {
-        name for name, p in inspect.signature(fn).parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in ("beta", "chosen_len", "rejected_len", "chosen_nll_per_token")
-    }
-    unknown = sorted(set(options) - named)
-    if unknown:
-        raise ConfigError(f"preference loss {loss!r} has no option(s) {unknown}; its options are {sorted(named) or 'none'}")
-
-
-def _reference_sums(graphdef, reference, batch, loss: str, horizon: int | None = None):
+def _reference_sums(graphdef, reference, batch, loss: str, needed: bool, horizon: int | None = None):
+    """The reference's chosen and rejected sums: from the batch, from frozen parameters, or
+    zeros (for the metrics only) when a reference-free loss has neither."""
     if "ref_chosen" in batch and "ref_rejected" in batch:
         return batch["ref_chosen"], batch["ref_rejected"]
     if reference is not None:
         chosen, rejected = pair_log_prob_sums(graphdef, reference, batch, horizon)
         return jax.lax.stop_gradient(chosen), jax.lax.stop_gradient(rejected)
-    if loss in REFERENCE_FREE:
+    if not needed:
         zeros = jnp.zeros(batch["chosen"].shape[0])
         return zeros, zeros
     raise MissingReferenceError(
@@ -141,12 +142,13 @@ def _weighted_mean(per_pair, batch) -> LossOutput:
 def preference_loss(
     graphdef, loss: str = "dpo", beta: float = 0.1, sft_weight: float = 0.0, response_horizon: int | None = None, **options
 ):
-    """``loss_fn(params, batch, key)`` of a paired loss from ``PREFERENCE_LOSSES``:
+    """``loss_fn(params, batch, key)`` of a paired loss from ``PREFERENCE_LOSSES`` with its
+    ``options`` (a misspelt one is a ``ConfigError`` naming the valid ones):
 
         L = sum_b w_b [l(pi_theta; y+_b, y-_b) + sft_weight * NLL(y+_b) / |y+_b|] / sum_b w_b.
 
     ``sft_weight`` adds the per-token NLL of the chosen response (SLiC's regulariser; RPO).
-    ORPO's own NLL term is always included (``chosen_nll_per_token``). Metrics: implicit
+    A loss that takes ``chosen_nll_per_token`` (ORPO) gets it. Metrics: implicit
     reward accuracy and margin, ``beta (log pi/pi_ref)`` of chosen and rejected.
 
     ``response_horizon``: the longest response any batch holds, if known (e.g. the data's
@@ -155,24 +157,21 @@ def preference_loss(
     a longer response gets a NaN loss (training stops with ``NonFiniteLossError``) and the
     metric ``responses_past_horizon`` counts them: nothing is truncated silently.
     """
-    if loss in UNPAIRED_LOSS_NAMES:
-        raise ValueError(f"{loss!r} is an unpaired loss; use kto_objective")
     if response_horizon is not None and response_horizon < 1:
         raise ConfigError(f"response_horizon must be >= 1 (or None for the buffer width), got {response_horizon}")
-    pair_loss = PREFERENCE_LOSSES.get(loss)
-    check_options(loss, pair_loss, options)
+    pair_loss = preference_loss_fn(loss, options)
+    reference_needed = needs_reference(loss)
 
     def loss_fn(params, batch, key):
         del key
         policy, reference = split_reference(params)
         policy_chosen, policy_rejected = pair_log_prob_sums(graphdef, policy, batch, response_horizon)
-        ref_chosen, ref_rejected = _reference_sums(graphdef, reference, batch, loss, response_horizon)
+        ref_chosen, ref_rejected = _reference_sums(graphdef, reference, batch, loss, reference_needed, response_horizon)
         chosen_len = batch["chosen_len"].astype(policy_chosen.dtype)
         chosen_nll = -policy_chosen / jnp.maximum(chosen_len, 1.0)
-        extra = {"chosen_nll_per_token": chosen_nll} if loss == "orpo" else {}
         per_pair = pair_loss(
-            policy_chosen, policy_rejected, ref_chosen, ref_rejected,
-            beta=beta, chosen_len=batch["chosen_len"], rejected_len=batch["rejected_len"], **options, **extra,
+            policy_chosen, policy_rejected, ref_chosen=ref_chosen, ref_rejected=ref_rejected, beta=beta,
+            chosen_len=batch["chosen_len"], rejected_len=batch["rejected_len"], chosen_nll_per_token=chosen_nll,
         )
         if sft_weight:
             per_pair = per_pair + sft_weight * chosen_nll
@@ -207,12 +206,13 @@ def mismatched_buffers(tokens, prompt_len, response_len):
     return jnp.where(in_prompt, tokens, response), prompt_len, next_len
 
 
-def kto_objective(graphdef, beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+def kto_objective(graphdef, beta: float = 0.1, **options):
     """``loss_fn`` of KTO (Ethayarajh et al. 2024) on a pair batch, each pair read as one
     desirable (chosen) and one undesirable (rejected) example. ``z_ref`` is estimated from
     mismatched (prompt, other response) examples of the batch, without gradient. Needs the
-    reference as ``params = with_reference(policy, reference)``."""
-    kto = PREFERENCE_LOSSES.get("kto")
+    reference as ``params = with_reference(policy, reference)``. ``options``: ``kto_loss``'s
+    (``desirable_weight``, ``undesirable_weight``); a misspelt one is a ``ConfigError``."""
+    kto = PREFERENCE_LOSSES.bind("kto", options)
 
     def loss_fn(params, batch, key):
         del key
@@ -231,10 +231,7 @@ def kto_objective(graphdef, beta: float = 0.1, desirable_weight: float = 1.0, un
         kl_reference = kto_kl_reference(
             sequence_log_prob_sums(graphdef, policy, *mismatched), sequence_log_prob_sums(graphdef, reference, *mismatched)
         )
-        per_example = kto(
-            policy_logp, ref_logp, desirable, beta=beta, kl_reference=kl_reference,
-            desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
-        )
+        per_example = kto(policy_logp, ref_logp, desirable, beta=beta, kl_reference=kl_reference)
         weight = jnp.concatenate([batch.get("weight", jnp.ones_like(batch["prompt_len"], per_example.dtype))] * 2)
         out = LossOutput(total=jnp.sum(weight * per_example), count=jnp.sum(weight))
         return out, {"kl_reference": kl_reference}
@@ -242,6 +239,12 @@ def kto_objective(graphdef, beta: float = 0.1, desirable_weight: float = 1.0, un
     return loss_fn
 
 
-for _name in sorted(set(PREFERENCE_LOSSES.names()) - UNPAIRED_LOSS_NAMES):
-    OBJECTIVES.register(_name, lambda graphdef, _loss=_name, **options: preference_loss(graphdef, _loss, **options))
+def _register_objective(name: str, loss) -> None:
+    """Make a paired preference loss an objective of the same name, now and for every loss
+    registered later (a plugin registers its loss once)."""
+    if is_paired(loss):
+        OBJECTIVES.register(name, functools.partial(preference_loss, loss=name))
+
+
+PREFERENCE_LOSSES.on_register(_register_objective)
 OBJECTIVES.register("kto", kto_objective)

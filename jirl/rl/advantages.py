@@ -1,10 +1,22 @@
 """Advantage estimators for policy optimisation on token-level rewards.
 
-Every estimator maps per-token rewards to per-token advantages and shares one signature, so the
-RL loop can pick one by name from ``ADVANTAGES`` (DESIGN.md contract 10)::
+Every estimator maps per-token rewards to per-token advantages. Each takes exactly what its
+equation needs (rlax style), ``rewards, mask`` and then keyword-only inputs and options::
 
-    advantages = ADVANTAGES.get(name)(rewards, mask, *, values=None, group_ids=None,
-                                      baseline_rewards=None, gamma=1.0, lam=1.0, **unused)
+    gae(rewards, mask, *, values, gamma=1.0, lam=1.0)
+    grpo(rewards, mask, *, group_ids, eps=1e-6, num_groups=None)
+
+The RL loop picks one by name from ``ADVANTAGES`` (DESIGN.md contract 10) through the one
+adapter ``advantage_fn``, which owns the shared signature and passes each estimator only the
+inputs it declares::
+
+    estimate = advantage_fn(name, options)   # options checked here: a misspelt one is an error
+    advantages = estimate(rewards, mask, *, group_ids=None, values=None, gamma=1.0, lam=1.0,
+                          baseline_rewards=None, baseline_mask=None)
+
+Inputs (``ADVANTAGES.inputs``) come from the loop: ``group_ids``, ``values``, ``gamma``,
+``lam``, ``baseline_rewards``, ``baseline_mask``. Every other keyword-only parameter is an
+option (``eps``, ``num_groups``), set from ``RLConfig.advantage_options``.
 
 Shapes and conventions:
 
@@ -26,8 +38,8 @@ of every statistic (group means and standard deviations, batch means), so paddin
 device-divisible size does not change the other rows' advantages.
 
 Sequence-level estimators (RLOO, ReMax, GRPO, Dr. GRPO) use the undiscounted sequence return
-``R_b = sum_t r_bt`` and give every valid token of a sequence the same advantage; ``gamma`` and
-``lam`` are accepted and ignored. Estimators are pure ``jnp`` functions, jittable and
+``R_b = sum_t r_bt`` and give every valid token of a sequence the same advantage; they do not
+take ``gamma`` or ``lam``. Estimators are pure ``jnp`` functions, jittable and
 vmappable; advantages are meant to be treated as constants by the loss (``lax.stop_gradient``).
 Each public estimator validates its inputs (shapes always; group ids when concrete) and then
 calls a jitted core, so eager calls compile once per shape and calls inside a caller's ``jit``
@@ -37,7 +49,7 @@ inline the core. Use ``check_rewards`` eagerly on concrete rewards before traini
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +62,15 @@ from jirl.registry import Registry
 Array = jax.Array
 AdvantageEstimator = Callable[..., Array]
 
-ADVANTAGES: Registry[AdvantageEstimator] = Registry("advantage estimator")
+ADVANTAGES: Registry[AdvantageEstimator] = Registry(
+    "advantage estimator",
+    inputs=("group_ids", "values", "gamma", "lam", "baseline_rewards", "baseline_mask"),
+    input_help={
+        "values": "GAE needs a critic (values [B, T] of V(s_t))",
+        "group_ids": "group estimators need group_ids [B] (one id per prompt)",
+        "baseline_rewards": "ReMax needs the greedy rollout's rewards",
+    },
+)
 
 DEFAULT_EPS = 1e-6
 
@@ -337,7 +357,7 @@ def sequence_returns(rewards, mask) -> Array:
 
 
 @ADVANTAGES.register("gae")
-def gae(rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, **unused) -> Array:
+def gae(rewards, mask, *, values, gamma=1.0, lam=1.0) -> Array:
     """Generalised Advantage Estimation (Schulman et al., 2016, "High-Dimensional Continuous
     Control Using Generalized Advantage Estimation").
 
@@ -363,9 +383,7 @@ def gae_returns(rewards, mask, *, values, gamma=1.0, lam=1.0) -> Array:
 
 
 @ADVANTAGES.register("reinforce")
-def reinforce(
-    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, **unused
-) -> Array:
+def reinforce(rewards, mask, *, gamma=1.0) -> Array:
     """REINFORCE (Williams, 1992, "Simple statistical gradient-following algorithms for
     connectionist reinforcement learning") without a baseline: the reward-to-go
 
@@ -379,9 +397,7 @@ def reinforce(
 
 
 @ADVANTAGES.register("reinforce_baseline")
-def reinforce_baseline(
-    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, **unused
-) -> Array:
+def reinforce_baseline(rewards, mask, *, gamma=1.0) -> Array:
     """REINFORCE with a constant baseline (Williams, 1992): reward-to-go minus the batch mean of
     the sequence returns,
 
@@ -394,9 +410,7 @@ def reinforce_baseline(
 
 
 @ADVANTAGES.register("rloo")
-def rloo(
-    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, num_groups=None, **unused
-) -> Array:
+def rloo(rewards, mask, *, group_ids, num_groups=None) -> Array:
     """REINFORCE Leave-One-Out (Kool et al., 2019, "Buy 4 REINFORCE Samples, Get a Baseline for
     Free!"; Ahmadian et al., 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for
     Learning from Human Feedback in LLMs"). For a group g of n responses to one prompt,
@@ -413,9 +427,7 @@ def rloo(
 
 
 @ADVANTAGES.register("rloo_to_go")
-def rloo_to_go(
-    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, num_groups=None, **unused
-) -> Array:
+def rloo_to_go(rewards, mask, *, group_ids, gamma=1.0, num_groups=None) -> Array:
     """RLOO (Kool et al., 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!") on per-step
     returns, for dense rewards: each token's reward-to-go minus the mean reward-to-go, at the
     same step, of the *other* members of its group still generating then,
@@ -437,18 +449,7 @@ def rloo_to_go(
 
 
 @ADVANTAGES.register("remax")
-def remax(
-    rewards,
-    mask,
-    *,
-    values=None,
-    group_ids=None,
-    baseline_rewards=None,
-    gamma=1.0,
-    lam=1.0,
-    baseline_mask=None,
-    **unused,
-) -> Array:
+def remax(rewards, mask, *, baseline_rewards, baseline_mask=None) -> Array:
     """ReMax (Li et al., 2023, "ReMax: A Simple, Effective, and Efficient Reinforcement Learning
     Method for Aligning Large Language Models"): the return of the greedy response to the same
     prompt is the baseline,
@@ -472,19 +473,7 @@ def remax(
 
 
 @ADVANTAGES.register("grpo")
-def grpo(
-    rewards,
-    mask,
-    *,
-    values=None,
-    group_ids=None,
-    baseline_rewards=None,
-    gamma=1.0,
-    lam=1.0,
-    eps=DEFAULT_EPS,
-    num_groups=None,
-    **unused,
-) -> Array:
+def grpo(rewards, mask, *, group_ids, eps=DEFAULT_EPS, num_groups=None) -> Array:
     """Group Relative Policy Optimisation (Shao et al., 2024, "DeepSeekMath: Pushing the Limits of
     Mathematical Reasoning in Open Language Models"), outcome supervision:
 
@@ -499,9 +488,7 @@ def grpo(
 
 
 @ADVANTAGES.register("dr_grpo")
-def dr_grpo(
-    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, num_groups=None, **unused
-) -> Array:
+def dr_grpo(rewards, mask, *, group_ids, num_groups=None) -> Array:
     """Dr. GRPO (Liu et al., 2025, "Understanding R1-Zero-Like Training: A Critical
     Perspective"): GRPO without the per-group standard-deviation normalisation,
 
@@ -518,9 +505,7 @@ def dr_grpo(
 
 
 @ADVANTAGES.register("reinforce_pp")
-def reinforce_pp(
-    rewards, mask, *, values=None, group_ids=None, baseline_rewards=None, gamma=1.0, lam=1.0, eps=DEFAULT_EPS, **unused
-) -> Array:
+def reinforce_pp(rewards, mask, *, gamma=1.0, eps=DEFAULT_EPS) -> Array:
     """REINFORCE++ (Hu, 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large
     Language Models"): the per-token reward-to-go normalised over all valid tokens of the batch,
 
@@ -532,3 +517,31 @@ def reinforce_pp(
     """
     _check_inputs(rewards, mask)
     return _reinforce_pp_core(rewards, mask, gamma, eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The adapter
+# ----------------------------------------------------------------------------------------------
+
+
+def advantage_fn(name: str, options: Mapping[str, Any] | None = None) -> Callable[..., Array]:
+    """The estimator registered as ``name`` with its ``options`` (e.g. ``{"eps": 1e-4}`` for
+    GRPO), under the one signature the RL loop calls::
+
+        f(rewards, mask, *, group_ids=None, values=None, gamma=1.0, lam=1.0,
+          baseline_rewards=None, baseline_mask=None) -> advantages [B, T]
+
+    ``f`` passes the estimator only the inputs it declares (``rloo`` gets ``group_ids``,
+    ``gae`` gets ``values``, ``gamma`` and ``lam``). Options are checked now: an unknown one
+    is a ``ConfigError`` naming the estimator's options. Calling ``f`` without an input the
+    estimator needs (``gae`` with ``values=None``) raises ``MissingInputError`` (a ValueError).
+    """
+    bound = ADVANTAGES.bind(name, options)
+
+    def estimate(rewards, mask, *, group_ids=None, values=None, gamma=1.0, lam=1.0, baseline_rewards=None, baseline_mask=None):
+        return bound(
+            rewards, mask, group_ids=group_ids, values=values, gamma=gamma, lam=lam,
+            baseline_rewards=baseline_rewards, baseline_mask=baseline_mask,
+        )
+
+    return estimate

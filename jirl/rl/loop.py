@@ -1,6 +1,10 @@
 """The RL loop for language policies: sample -> reward -> advantages -> minibatch updates.
 
-One iteration (``rl_iteration``):
+One iteration is one pure function, ``update = make_rl_update(...)``,
+``update(state, ref_params, key) -> (state, metrics)``: jittable, and vmappable over seeds
+(``jax.vmap(update)``), with every metric left on device. ``make_rl_iteration`` is
+``jax.jit(update)`` plus the host side: metrics as floats, and an error on a NaN update.
+An iteration:
 
 1. ``prompts_per_iteration`` prompts, each answered ``group_size`` times by the sampler
    (log-probs from the shared scoring path, contract 3);
@@ -8,8 +12,12 @@ One iteration (``rl_iteration``):
    KL to the frozen reference when ``kl_in == "reward"`` (InstructGPT style);
 3. advantages from any registered estimator (``ADVANTAGES``);
 4. ``epochs`` passes of ``minibatches`` updates of a registered policy loss (``POLICY_LOSSES``),
-   with the KL in the loss instead when ``kl_in == "loss"`` (GRPO style), through the jit
-   update step of ``jirl.train.step``.
+   with the KL in the loss instead when ``kl_in == "loss"`` (GRPO style): ``lax.scan`` over
+   the update step of ``jirl.train.step`` (``make_minibatch_update``), so gradient
+   accumulation, clipping in the optimizer and the NaN guard hold in every caller.
+
+A study that trains something else on the same samples (a process reward model, a return
+decomposition) composes the two halves itself: ``collect`` and ``make_minibatch_update``.
 
 With a critic (``ValueModel``), the train state's parameters are
 ``nnx.State({"policy": ..., "critic": ...})``; the critic's values feed GAE and its clipped
@@ -19,7 +27,7 @@ value loss is added with weight ``value_coef`` (PPO, Schulman et al. 2017).
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +38,11 @@ from jirl.config import ConfigError, at_least, finite, non_negative, positive, p
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.scoring import gather_response, response_log_probs
-from jirl.rl.advantages import ADVANTAGES, check_rewards, gae_returns
+from jirl.rl.advantages import ADVANTAGES, advantage_fn, check_rewards, gae_returns
 from jirl.rl.kl import kl_loss_terms, kl_penalized_rewards, kl_terms
-from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, clipped_value_terms, masked_mean
+from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, clipped_value_terms, masked_mean, policy_loss_fn
 from jirl.train.loop import NonFiniteLossError
+from jirl.train.step import update_fn
 
 
 @dataclasses.dataclass
@@ -60,9 +69,16 @@ class RLConfig:
     lam: Annotated[float, probability] = 0.95  # GAE lambda
     value_coef: Annotated[float, finite, non_negative] = 0.5  # weight of the critic's loss (critic runs only)
     value_clip: Annotated[float | None, positive] = 0.2
+    # Options of the policy loss and the estimator, e.g. {"clip_low": 0.1, "dual_clip": 3.0} for
+    # ppo or {"eps": 1e-4} for grpo (--set rl.policy_loss_options.clip_low=0.1); unknown ones are errors.
+    policy_loss_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    advantage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        """Minibatches must split an iteration's samples evenly."""
+        """Minibatches must split an iteration's samples evenly; the options must be the loss's
+        and the estimator's."""
+        policy_loss_fn(self.policy_loss, self.policy_loss_options)
+        advantage_fn(self.advantage, self.advantage_options)
         rows = self.prompts_per_iteration * self.group_size
         if rows % self.minibatches:
             raise ConfigError(
@@ -81,7 +97,7 @@ def critic_values(critic_graphdef, critic_params, tokens, prompt_lens, horizon):
 def rl_loss(graphdef, config: RLConfig, horizon: int, critic_graphdef=None) -> Callable:
     """``loss_fn(params, batch, key)`` of a policy loss on a batch of sampled responses (plus
     the clipped value loss when ``critic_graphdef`` is given and ``params`` holds both)."""
-    policy_loss = POLICY_LOSSES.get(config.policy_loss)
+    policy_loss = policy_loss_fn(config.policy_loss, config.policy_loss_options)
 
     def loss_fn(params, batch, key):
         del key
@@ -154,12 +170,15 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
         values = critic_values(*critic, out.tokens, out.prompt_lens, task.horizon)
         batch["old_values"] = values
         batch["returns"] = gae_returns(shaped, mask, values=values, gamma=config.gamma, lam=config.lam)
-    batch["advantages"] = ADVANTAGES.get(config.advantage)(
+    batch["advantages"] = advantage_fn(config.advantage, config.advantage_options)(
         shaped, mask, group_ids=group_ids, values=values, gamma=config.gamma, lam=config.lam, **baseline
     )
     kl = jnp.sum(jnp.where(mask, kl_terms(out.log_probs, ref_log_probs, "k1"), 0.0), axis=1)
     metrics = {
-        "reward": jnp.mean(jnp.sum(rewards * mask, axis=1)),
+        "reward": jnp.mean(jnp.sum(jnp.where(mask, rewards, 0.0), axis=1)),
+        # NaN/inf rewards on valid steps (check_rewards cannot read traced values): the update
+        # then fails, and check_update_metrics says why.
+        "nonfinite_rewards": jnp.sum(mask & ~jnp.isfinite(rewards)),
         "kl_to_reference": jnp.mean(kl),
         "response_length": jnp.mean(out.response_lens.astype(jnp.float32)),
         # Responses that hit max_new_tokens without EOS: cut there, and counted here.
@@ -169,37 +188,116 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     return batch, metrics
 
 
-def rl_iteration(key, task, graphdef, state, ref_params, step_fn, config: RLConfig, reward_fn=None, critic_graphdef=None):
-    """One collect + update iteration; returns the new train state and metrics. With
-    ``critic_graphdef`` the state's parameters hold ``policy`` and ``critic``."""
-    collect_key, shuffle_key = jax.random.split(key)
-    params = state.full_params
-    if critic_graphdef is not None:
-        critic = (critic_graphdef, params["critic"])
-        params = params["policy"]
-    else:
-        critic = None
-    rows = config.prompts_per_iteration * config.group_size
-    if config.epochs < 1 or config.minibatches < 1 or rows % config.minibatches:
-        raise ValueError(
-            f"need epochs >= 1 and minibatches >= 1 dividing the {rows} samples per iteration; "
-            f"got epochs={config.epochs}, minibatches={config.minibatches}"
-        )
-    batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn, critic)
-    metrics = {k: float(v) for k, v in metrics.items()}
-    size = rows // config.minibatches
-    for epoch in range(config.epochs):
-        # Minibatches are gathered on device: the sampled batch never goes back to the host.
-        order = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), rows)
-        for start in range(0, rows, size):
-            index = order[start : start + size]
-            state, step_metrics = step_fn(state, jax.tree_util.tree_map(lambda v: v[index], batch))
-            if bool(step_metrics.get("nonfinite", False)):
-                shown = ", ".join(f"{k}={float(v):.4g}" for k, v in step_metrics.items() if np.ndim(v) == 0 and k != "nonfinite")
-                raise NonFiniteLossError(
-                    f"the RL loss, gradient or update became NaN/inf (epoch {epoch + 1}, update metrics: {shown}); the "
-                    "update was not applied. Lower the learning rate or the temperature, or check the rewards."
-                )
-    metrics.update({f"update/{k}": float(v) for k, v in step_metrics.items() if np.ndim(v) == 0})
-    return state, metrics
+def make_minibatch_update(loss_fn, optimizer, config: RLConfig, accumulation_steps: int = 1) -> Callable:
+    """``train_on_batch(state, batch, key) -> (state, metrics)``: ``config.epochs`` passes over
+    the sampled batch, each in a fresh random order (from ``key``) cut into ``config.minibatches``
+    minibatches, one ``jirl.train.step`` update each, as one ``lax.scan``.
 
+    After a non-finite update (loss, gradient or update NaN/inf; the step itself skips it) no
+    later update of the batch is applied either: the state stays the last good one and
+    ``metrics["nonfinite"]`` is True. Other metrics are the mean over the updates."""
+    step = update_fn(loss_fn, optimizer, accumulation_steps)
+
+    def train_on_batch(state, batch, key):
+        rows = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        if rows % config.minibatches:
+            raise ConfigError(f"minibatches={config.minibatches} does not divide the {rows} sampled rows")
+        size = rows // config.minibatches
+        orders = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), rows))(jnp.arange(config.epochs))
+
+        def body(carry, index):
+            state, failed = carry
+            stepped, metrics = step(state, jax.tree_util.tree_map(lambda v: v[index], batch))
+            state = jax.tree_util.tree_map(lambda old, new: jnp.where(failed, old, new), state, stepped)
+            return (state, failed | metrics["nonfinite"]), metrics
+
+        (state, failed), metrics = jax.lax.scan(body, (state, jnp.zeros((), bool)), orders.reshape(-1, size))
+        metrics = {k: jnp.mean(v, axis=0) for k, v in metrics.items() if k != "nonfinite"}
+        return state, {**metrics, "nonfinite": failed}
+
+    return train_on_batch
+
+
+def make_rl_update(
+    task, graphdef, optimizer, config: RLConfig, *, reward_fn=None, critic_graphdef=None, accumulation_steps: int = 1,
+    host_reward: bool = False,
+) -> Callable:
+    """One RL iteration as a pure function ``update(state, ref_params, key, reward_fn=None) ->
+    (state, metrics)``: ``collect`` a batch, then ``make_minibatch_update``'s epochs x
+    minibatches of the policy loss (``rl_loss``).
+
+    ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
+    reward; passing one to ``update`` itself lets a caller build it inside its own trace from
+    traced arrays (a discriminator's current parameters, one ensemble member per vmapped
+    row). With ``critic_graphdef`` the state's parameters hold ``policy`` and ``critic``.
+    Metrics (device arrays): the sampling metrics of ``collect`` and ``update/<name>`` of the
+    updates (``update/nonfinite``: an update was NaN/inf and the state is the last good one).
+    ``jax.jit(update)`` compiles it; ``jax.vmap(update)`` runs seeds side by side.
+
+    ``host_reward=True`` is for a reward computed on the host (text detokenised for another
+    model's tokenizer, a Python verifier): ``update`` is then not jittable; it collects
+    eagerly (the sampler is compiled on its own) and runs the compiled minibatch updates."""
+    rows = config.prompts_per_iteration * config.group_size
+    if rows % config.minibatches:
+        raise ConfigError(f"minibatches={config.minibatches} does not divide the {rows} samples of an iteration")
+    train_on_batch = make_minibatch_update(rl_loss(graphdef, config, task.horizon, critic_graphdef), optimizer, config, accumulation_steps)
+    if host_reward:
+        train_on_batch = jax.jit(train_on_batch, donate_argnums=0)
+    default_reward_fn = reward_fn
+
+    def update(state, ref_params, key, reward_fn=None):
+        collect_key, shuffle_key = jax.random.split(key)
+        params, critic = state.full_params, None
+        if critic_graphdef is not None:
+            critic, params = (critic_graphdef, params["critic"]), params["policy"]
+        batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn or default_reward_fn, critic)
+        state, update_metrics = train_on_batch(state, batch, shuffle_key)
+        return state, {**metrics, **{f"update/{k}": v for k, v in update_metrics.items()}}
+
+    return update
+
+
+def check_update_metrics(metrics: dict, where: str = "RL") -> None:
+    """Raise ``NonFiniteLossError`` if any row of (possibly seed-stacked) update metrics saw a
+    non-finite reward or update. Reads two flags from the device."""
+    bad_rewards = np.asarray(metrics.get("nonfinite_rewards", 0))
+    if np.any(bad_rewards):
+        raise NonFiniteLossError(
+            f"{where}: the reward function returned NaN/inf on {int(np.sum(bad_rewards))} valid response step(s); "
+            "the update was not applied. Check the reward model or verifier output (jirl.rl.advantages.check_rewards "
+            "names the samples when called on concrete rewards)."
+        )
+    if np.any(np.asarray(metrics.get("update/nonfinite", False))):
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith("update/") and np.ndim(v) == 0 and k != "update/nonfinite")
+        raise NonFiniteLossError(
+            f"{where}: the RL loss, gradient or update became NaN/inf (update metrics: {shown or 'per seed'}); the update was "
+            "not applied. Lower the learning rate or the temperature, or check the rewards."
+        )
+
+
+def make_rl_iteration(
+    task, graphdef, optimizer, config: RLConfig, *, reward_fn=None, critic_graphdef=None, accumulation_steps: int = 1,
+    host_reward: bool = False,
+) -> Callable:
+    """``iteration(state, ref_params, key) -> (state, metrics)``: ``make_rl_update`` compiled
+    (the state donated), its metrics fetched as floats. A NaN/inf reward or update raises
+    ``NonFiniteLossError``; nothing of the failed update was applied, and the error's
+    ``state`` attribute holds the last good state (the one passed in was donated)."""
+    update = make_rl_update(
+        task, graphdef, optimizer, config, reward_fn=reward_fn, critic_graphdef=critic_graphdef,
+        accumulation_steps=accumulation_steps, host_reward=host_reward,
+    )
+    if not host_reward:
+        update = jax.jit(update, donate_argnums=0)
+
+    def iteration(state, ref_params, key):
+        state, metrics = update(state, ref_params, key)
+        metrics = jax.device_get(metrics)
+        try:
+            check_update_metrics(metrics)
+        except NonFiniteLossError as error:
+            error.state = state
+            raise
+        return state, {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+    return iteration

@@ -13,13 +13,18 @@ Conventions: ``log_probs`` are log pi_theta(a_t|s_t) of the sampled tokens (diff
 estimates A_t; both of the latter are treated as constants (``stop_gradient``). Terms are
 *losses*: minimise them.
 
-``POLICY_LOSSES`` registers the policy objectives by name (``ppo``, ``pg``, ``gspo``) under
-one signature ``(log_probs, old_log_probs, advantages, mask, **options) -> (terms, metrics)``.
+``POLICY_LOSSES`` registers the policy objectives by name (``ppo``, ``pg``, ``gspo``). Each
+takes ``(log_probs, old_log_probs, advantages, mask)`` and then exactly its own options as
+keyword-only parameters with defaults (``ppo``: ``clip_low``, ``clip_high``, ``dual_clip``;
+``gspo``: ``clip_low``, ``clip_high``; ``pg``: none), and returns ``(terms [B, T], metrics)``.
+The adapter ``policy_loss_fn(name, options)`` checks the options (a misspelt one is a
+``ConfigError`` naming the valid ones) and returns ``f(log_probs, old_log_probs, advantages,
+mask)``; the RL loop sets the options from ``RLConfig.policy_loss_options``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -187,7 +192,7 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Registered policy objectives: (log_probs, old_log_probs, advantages, mask, **options)
+# Registered policy objectives: (log_probs, old_log_probs, advantages, mask, *, options)
 #                                -> (terms [B, T], metrics)
 # ---------------------------------------------------------------------------------------------
 
@@ -215,9 +220,7 @@ def _ratio_metrics(log_probs, old_log_probs, mask) -> dict:
 
 
 @POLICY_LOSSES.register("ppo")
-def ppo_policy_loss(
-    log_probs, old_log_probs, advantages, mask, clip_low=0.2, clip_high=0.2, dual_clip=None
-):
+def ppo_policy_loss(log_probs, old_log_probs, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None):
     """``ppo_clip_terms`` under the common signature; metrics: token fraction clipped, mean
     ratio, approximate KL to the behaviour policy."""
     old_log_probs, advantages, mask = _pad_safe(log_probs, old_log_probs, advantages, mask)
@@ -234,7 +237,7 @@ def pg_policy_loss(log_probs, old_log_probs, advantages, mask):
 
 
 @POLICY_LOSSES.register("gspo")
-def gspo_policy_loss(log_probs, old_log_probs, advantages, mask, clip_low=3e-4, clip_high=4e-4):
+def gspo_policy_loss(log_probs, old_log_probs, advantages, mask, *, clip_low=3e-4, clip_high=4e-4):
     """``gspo_terms`` under the common signature; ``clip_fraction`` is the fraction of
     non-empty *sequences* clipped. Aggregate with ``sequence_mean`` for the paper's loss."""
     old_log_probs, advantages, mask = _pad_safe(log_probs, old_log_probs, advantages, mask)
@@ -244,3 +247,11 @@ def gspo_policy_loss(log_probs, old_log_probs, advantages, mask, clip_low=3e-4, 
         **_ratio_metrics(log_probs, old_log_probs, mask),
     }
     return terms, metrics
+
+
+def policy_loss_fn(name: str, options: Mapping[str, Any] | None = None) -> Callable[..., tuple[jax.Array, dict]]:
+    """The policy loss registered as ``name`` with its ``options`` (e.g. ``{"clip_low": 0.1,
+    "dual_clip": 3.0}`` for ``ppo``), as ``f(log_probs, old_log_probs, advantages, mask) ->
+    (terms [B, T], metrics)``. Options are checked now: an unknown one is a ``ConfigError``
+    naming the loss's options and the closest one."""
+    return POLICY_LOSSES.bind(name, options)

@@ -56,6 +56,7 @@ class TrainConfig:
     checkpoint_every: Annotated[int, at_least(1)] = 100
     keep_checkpoints: Annotated[int, at_least(1)] = 3
     eval_every: Annotated[int, at_least(1)] = 50
+    log_every: Annotated[int, at_least(1)] = 10  # steps between host reads of the metrics (each step is still logged)
     mesh_data: Annotated[int, MESH_AXIS] = -1  # data-parallel axis size (-1: all devices / fsdp)
     mesh_fsdp: Annotated[int, at_least(1)] = 1
     sharding: Literal["replicate", "fsdp"] = "replicate"
@@ -146,6 +147,12 @@ def fit(
     every ``train.checkpoint_every`` steps and at the end the state, ``config`` and
     ``batches.get_state()`` are checkpointed. A NaN/inf loss raises ``NonFiniteLossError``
     naming the step; the checkpoints already written are kept.
+
+    The host does not wait for each step: metrics stay on the device and are read every
+    ``train.log_every`` steps (and before an evaluation, a checkpoint or a compile), then
+    every step's line is written. ``step_seconds`` is then the mean over those steps. A NaN
+    is found at the next read, always before anything is checkpointed (a non-finite update
+    is never applied; the steps after it in the same window are).
     """
     train = train or TrainConfig()
     steps = train.steps  # the learning-rate schedule of make_optimizer(train) assumes this length
@@ -179,35 +186,54 @@ def fit(
     start = int(state.step)
     logger = TrainLogger(run, total_steps=steps, start_step=start, progress=progress)
     compiled = {}  # one executable per batch shape (buckets), compile time logged apart
+    pending = []  # (step, device metrics, tokens) of the steps not yet read on the host
+    window_began = time.perf_counter()
+
+    def read_pending():
+        """Wait for the pending steps, stop on a NaN, log each step."""
+        nonlocal window_began
+        if not pending:
+            return
+        fetched = jax.device_get([metrics for _, metrics, _ in pending])
+        seconds = (time.perf_counter() - window_began) / len(pending)
+        for (step_number, _, tokens), metrics in zip(pending, fetched):
+            metrics = to_floats(metrics)
+            if metrics.pop("nonfinite"):
+                last = manager.latest_step()
+                kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint had been written yet"
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                raise NonFiniteLossError(
+                    f"the loss or gradient became NaN/inf at step {step_number} (metrics of that step: {shown}); "
+                    f"training stopped and {kept}. Lower the learning rate, clip gradients harder or check the data."
+                )
+            logger.step(step_number, metrics, seconds, tokens)
+        pending.clear()
+        window_began = time.perf_counter()
+
     try:
         for step in range(start, steps):
             host_batch = next(batches)
             batch = shard_batch(process_rows(host_batch), mesh)
             shapes = tuple(sorted((k, v.shape) for k, v in host_batch.items()))
             if shapes not in compiled:
+                read_pending()  # keep compile time out of the step times
                 began = time.perf_counter()
                 compiled[shapes] = step_fn.lower(state, batch).compile()
                 logger.compiled(step + 1, time.perf_counter() - began)
-            began = time.perf_counter()
+                window_began = time.perf_counter()
             state, metrics = compiled[shapes](state, batch)
             # The compiled step wants its input shardings back: XLA may lay the new state out
             # otherwise (e.g. shard a small FSDP bias it was given replicated).
             state = jax.device_put(state, state_shardings)
-            metrics = to_floats(metrics)  # waits for the step to finish
-            seconds = time.perf_counter() - began
-            if metrics.pop("nonfinite"):
-                last = manager.latest_step()
-                kept = f"the last good checkpoint (step {last}) is kept" if last else "no checkpoint had been written yet"
-                shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                raise NonFiniteLossError(
-                    f"the loss or gradient became NaN/inf at step {step + 1} (metrics of that step: {shown}); "
-                    f"training stopped and {kept}. Lower the learning rate, clip gradients harder or check the data."
-                )
-            logger.step(step + 1, metrics, seconds, tokens_in(host_batch))
+            pending.append((step + 1, metrics, tokens_in(host_batch)))
             done = step + 1 == steps
-            if evaluate is not None and ((step + 1) % train.eval_every == 0 or done):
+            evaluating = evaluate is not None and ((step + 1) % train.eval_every == 0 or done)
+            saving = (step + 1) % train.checkpoint_every == 0 or done
+            if (step + 1) % train.log_every == 0 or evaluating or saving:
+                read_pending()
+            if evaluating:
                 logger.evaluation(step + 1, {k: float(v) for k, v in evaluate(state).items()})
-            if (step + 1) % train.checkpoint_every == 0 or done:
+            if saving:
                 manager.save(step + 1, state, {"config": config, "data_state": batches.get_state()})
     finally:
         logger.close()

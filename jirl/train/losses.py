@@ -44,7 +44,9 @@ def safe_divide(total, count):
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[LossOutput, dict]]
 
-# Objective factories by name: ``OBJECTIVES.get(name)(graphdef, **options) -> loss_fn``.
+# Objective factories by name: ``OBJECTIVES.get(name)(graphdef, **options) -> loss_fn``. Every
+# paired preference loss is one too, under its own name: ``jirl.preference.objective`` registers
+# each as it is registered in ``PREFERENCE_LOSSES`` (``Registry.on_register``), plugins' included.
 OBJECTIVES: Registry[Callable[..., LossFn]] = Registry("objective")
 
 

@@ -1,16 +1,18 @@
 """Credit schemes (jirl/credit/schemes.py) against plain-loop references, the returns each
 scheme promises, the exact oracle (shaping invariance) and clear errors on bad input."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from jirl.config import JirlError
+from jirl.config import ConfigError, JirlError
 from jirl.credit import schemes
 from jirl.credit.models import prefix_potentials
-from jirl.credit.schemes import CREDIT_SCHEMES, credit_correlation, with_credit
+from jirl.credit.schemes import CREDIT_SCHEMES, credit_correlation, credit_fn, with_credit
 from jirl.mdp import oracle
 from jirl.mdp.tasks import make_task
 from jirl.models.heads import SequenceRewardModel
@@ -73,11 +75,12 @@ OPTIONS = {"abc": {"abc_weight": 0.3}, "prime": {"process_coef": 0.7}, "rto": {"
 
 
 def call(name, d, **options):
+    """The scheme through its adapter, given every input: it passes each scheme only its own."""
     return np.asarray(
-        CREDIT_SCHEMES.get(name)(
+        credit_fn(name, options)(
             jnp.asarray(d["rewards"]), jnp.asarray(d["mask"]), potentials=jnp.asarray(d["potentials"]),
             attention=jnp.asarray(d["attention"]), process_rewards=jnp.asarray(d["process"]),
-            implicit_rewards=jnp.asarray(d["implicit"]), predicted_rewards=jnp.asarray(d["predicted"]), **options,
+            implicit_rewards=jnp.asarray(d["implicit"]), predicted_rewards=jnp.asarray(d["predicted"]),
         )
     )
 
@@ -123,8 +126,29 @@ def test_wrong_shapes_and_missing_inputs_are_clear_errors():
         schemes.potential_shaping(rewards, mask, potentials=jnp.ones((B, T)))
     for name, needs in [("abc", "attention"), ("shaping", "potentials"), ("prime", "process_rewards"),
                         ("rto", "implicit_rewards"), ("decomposition", "predicted_rewards")]:
-        with pytest.raises(JirlError, match=f"{name!r} needs .*{needs}"):
-            CREDIT_SCHEMES.get(name)(rewards, mask)
+        with pytest.raises(JirlError, match=f"{name!r} needs {needs}=.*compute|train"):
+            credit_fn(name)(rewards, mask)
+
+
+def test_schemes_take_exactly_their_arguments_and_refuse_a_misspelt_option():
+    for name in CREDIT_SCHEMES:
+        params = inspect.signature(CREDIT_SCHEMES.get(name)).parameters.values()
+        assert not any(p.kind is p.VAR_KEYWORD for p in params), f"{name} must not take **kwargs"
+    assert CREDIT_SCHEMES.options("rto") == {"rto_coef": 1.0, "rto_clip": 1.0}
+    with pytest.raises(ConfigError, match=r"credit scheme 'abc' has no option 'abc_wieght'\. Did you mean 'abc_weight'\? "
+                                          r"Its options are: abc_weight"):
+        credit_fn("abc", {"abc_wieght": 0.3})
+    with pytest.raises(ConfigError, match="Did you mean 'rto_clip'"):
+        with_credit(lambda *a: None, "rto", rto_clp=2.0)  # checked when the reward function is built
+
+
+def test_an_option_changes_the_credit_as_computed_by_hand():
+    """One row of two steps, return 3 on the last, attention (1, 3): abc_weight b gives
+    ((b 3/4), (1 - b) 3 + b 9/4)."""
+    rewards, mask = jnp.array([[0.0, 3.0]]), jnp.ones((1, 2), bool)
+    attention = jnp.array([[1.0, 3.0]])
+    np.testing.assert_allclose(credit_fn("abc")(rewards, mask, attention=attention), [[0.375, 2.625]], rtol=1e-6)
+    np.testing.assert_allclose(credit_fn("abc", {"abc_weight": 1.0})(rewards, mask, attention=attention), [[0.75, 2.25]], rtol=1e-6)
 
 
 def test_credit_correlation_matches_numpy_over_valid_tokens():
@@ -195,8 +219,8 @@ def test_credited_rewards_drive_every_policy_loss_through_the_rl_loop(policy_los
 
     from jirl.mdp.env import sequence_rewards
     from jirl.models.transformer import Transformer, gpt2_tiny
-    from jirl.rl.loop import RLConfig, collect, rl_iteration, rl_loss
-    from jirl.train.step import init_train_state, make_update_step
+    from jirl.rl.loop import RLConfig, collect, make_rl_iteration
+    from jirl.train.step import init_train_state
 
     task = make_task("bigram", num_chars=3, horizon=4)
     graphdef, params = nnx.split(Transformer(gpt2_tiny(task.vocab_size, max_len=8, d_model=16), rngs=nnx.Rngs(0)))
@@ -210,8 +234,7 @@ def test_credited_rewards_drive_every_policy_loss_through_the_rl_loop(policy_los
     np.testing.assert_allclose(batch["rewards"], expected, atol=1e-6)
     optimizer = optax.adam(1e-2)
     state = init_train_state(params, optimizer, jax.random.key(1))
-    step = make_update_step(rl_loss(graphdef, config, task.horizon), optimizer)
-    new_state, metrics = rl_iteration(jax.random.key(0), task, graphdef, state, params, step, config, reward_fn)
+    new_state, metrics = make_rl_iteration(task, graphdef, optimizer, config, reward_fn=reward_fn)(state, params, jax.random.key(0))
     assert np.isfinite(metrics["update/loss"])
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.full_params, params)
     assert max(jax.tree_util.tree_leaves(moved)) > 0

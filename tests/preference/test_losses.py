@@ -1,6 +1,7 @@
 """DPO-family losses against independent hand computations (values and gradients, float64),
 finite differences, defining properties, the registry, and jit."""
 
+import inspect
 import math
 
 import jax
@@ -8,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jirl.config import ConfigError
 from jirl.preference import losses as pl
-from jirl.registry import UnknownNameError
+from jirl.registry import MissingInputError, UnknownNameError
 
 BETA = 0.1
 PC, PR = [-3.0, -5.5], [-4.0, -2.0]  # policy log-probs (sums), chosen / rejected
@@ -107,14 +109,20 @@ def arrays(dtype=jnp.float64):
     return [jnp.asarray(v, dtype) for v in (PC, PR, RC, RR)]
 
 
-def call(name, pc, pr, rc, rr, **options):
-    return pl.PREFERENCE_LOSSES.get(name)(
-        pc, pr, rc, rr, beta=BETA, chosen_len=jnp.asarray(CL), rejected_len=jnp.asarray(RL), **options)
+def call(name, pc, pr, rc, rr, chosen_nll_per_token=None, **options):
+    """The loss through its adapter, given every paired input: it passes each loss only those it
+    declares (ORPO's SFT term is 0 unless given)."""
+    nll = jnp.zeros_like(pc) if chosen_nll_per_token is None else chosen_nll_per_token
+    return pl.preference_loss_fn(name, options)(
+        pc, pr, ref_chosen=rc, ref_rejected=rr, beta=BETA, chosen_len=jnp.asarray(CL), rejected_len=jnp.asarray(RL),
+        chosen_nll_per_token=nll,
+    )
 
 
 def test_cases_cover_every_paired_loss():
     assert sorted(CASES) == sorted(PAIRED)
-    assert sorted(PAIRED + sorted(pl.UNPAIRED_LOSS_NAMES)) == pl.PREFERENCE_LOSSES.names()
+    assert sorted(PAIRED + ["kto"]) == pl.PREFERENCE_LOSSES.names()
+    assert [name for name in pl.PREFERENCE_LOSSES if not pl.is_paired(pl.PREFERENCE_LOSSES.get(name))] == ["kto"]
 
 
 @pytest.mark.parametrize("name", PAIRED)
@@ -279,15 +287,49 @@ def test_registry_names_and_unknown_name():
 
 
 @pytest.mark.parametrize("name", PAIRED)
-def test_uniform_keyword_set(name):
-    """Every paired loss takes the same keywords, plus options meant for other losses."""
+def test_each_loss_takes_exactly_its_arguments(name):
+    """No ``**kwargs``; options are keyword-only with defaults; the adapter gives the uniform
+    set of inputs (a zero length included) and each loss takes what it declares."""
+    params = inspect.signature(pl.PREFERENCE_LOSSES.get(name)).parameters.values()
+    assert not any(p.kind is p.VAR_KEYWORD for p in params), f"{name} must not take **kwargs"
+    assert all(default is not inspect.Parameter.empty for default in pl.PREFERENCE_LOSSES.options(name).values())
     batch = 5
     keys = jax.random.split(jax.random.key(0), 4)
     pc, pr, rc, rr = (-jax.random.uniform(k, (batch,), minval=1.0, maxval=10.0) for k in keys)
     lengths = jnp.arange(batch)  # includes a zero length
-    loss = pl.PREFERENCE_LOSSES.get(name)(pc, pr, rc, rr, beta=0.5, chosen_len=lengths, rejected_len=lengths + 1,
-                                          some_other_option=3.0)
+    loss = pl.preference_loss_fn(name)(pc, pr, ref_chosen=rc, ref_rejected=rr, beta=0.5, chosen_len=lengths,
+                                       rejected_len=lengths + 1, chosen_nll_per_token=jnp.ones(batch))
     assert loss.shape == (batch,) and np.all(np.isfinite(loss))
+
+
+def test_registration_declares_what_a_loss_needs():
+    assert [n for n in PAIRED if pl.needs_reference(n)] == ["dpo", "cdpo", "robust_dpo", "ipo", "hinge", "spin"]
+    assert pl.needs_reference("kto")
+    assert pl.preference_loss_fn("orpo").inputs == {"chosen_len", "rejected_len", "chosen_nll_per_token"}
+    assert pl.preference_loss_fn("slic").inputs == frozenset()
+    pc, pr = (jnp.asarray(v) for v in (PC, PR))
+    with pytest.raises(MissingInputError, match="'simpo' needs chosen_len=..., rejected_len=..."):
+        pl.preference_loss_fn("simpo")(pc, pr, beta=BETA)
+    with pytest.raises(ValueError, match="'kto' is unpaired"):
+        pl.preference_loss_fn("kto")
+
+
+def test_a_misspelt_option_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"preference loss 'cdpo' has no option 'label_smoothin'\. Did you mean "
+                                          r"'label_smoothing'\? Its options are: label_smoothing"):
+        pl.preference_loss_fn("cdpo", {"label_smoothin": 0.2})
+    with pytest.raises(ConfigError, match=r"'dpo' has no option 'beta' \(an input its caller supplies"):
+        pl.preference_loss_fn("dpo", {"beta": 0.2})
+    with pytest.raises(ConfigError, match=r"'kto' has no option 'desirable_wieght'\. Did you mean 'desirable_weight'"):
+        pl.PREFERENCE_LOSSES.bind("kto", {"desirable_wieght": 2.0})
+
+
+def test_an_option_changes_the_loss(x64):
+    """SimPO's gamma against the hand value (``hand_simpo``) at two settings."""
+    pc, pr, rc, rr = arrays()
+    for gamma in (0.5, 2.0):
+        np.testing.assert_allclose(call("simpo", pc, pr, rc, rr, gamma=gamma), [hand_simpo(i, gamma)[0] for i in range(2)], rtol=1e-9)
+    assert not np.allclose(call("simpo", pc, pr, rc, rr, gamma=0.5), call("simpo", pc, pr, rc, rr, gamma=2.0))
 
 
 @pytest.mark.parametrize("name", PAIRED)

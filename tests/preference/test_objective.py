@@ -231,6 +231,48 @@ def test_online_dpo_with_a_gold_labeller_raises_the_exact_gold_reward():
 
 def test_a_misspelled_loss_option_is_refused_with_the_valid_ones():
     graphdef, _, _ = models()
-    with pytest.raises(ConfigError, match=r"no option\(s\) \['label_smoothin'\]; its options are \['label_smoothing'\]"):
+    with pytest.raises(ConfigError, match=r"preference loss 'cdpo' has no option 'label_smoothin'\. Did you mean "
+                                          r"'label_smoothing'\? Its options are: label_smoothing"):
         preference_loss(graphdef, "cdpo", label_smoothin=0.2)
+    with pytest.raises(ConfigError, match=r"Did you mean 'desirable_weight'\? Its options are: desirable_weight, undesirable_weight"):
+        OBJECTIVES.get("kto")(graphdef, beta=BETA, desirable_wieght=2.0)
     preference_loss(graphdef, "simpo", gamma=1.0)  # a real option is accepted
+    kto_objective(graphdef, beta=BETA, undesirable_weight=2.0)
+
+
+def test_a_loss_registered_once_after_import_is_an_objective():
+    """A plugin's paired loss, registered only in PREFERENCE_LOSSES after jirl.preference.objective
+    was imported, is built from OBJECTIVES with its option and trains; being reference-free
+    (no ref_* parameters) it needs no reference."""
+    from jirl.preference.losses import PREFERENCE_LOSSES
+
+    def _test_margin_loss(policy_chosen, policy_rejected, *, margin=1.0):
+        return jax.nn.relu(margin - (policy_chosen - policy_rejected))
+
+    PREFERENCE_LOSSES.register("_test_margin", _test_margin_loss)
+    try:
+        graphdef, policy, _ = models()
+        batch = {k: jnp.asarray(v) for k, v in sampled_pairs().items()}
+        with pytest.raises(ConfigError, match="Did you mean 'margin'"):
+            OBJECTIVES.get("_test_margin")(graphdef, beta=BETA, margn=2.0)
+        out, _ = OBJECTIVES.get("_test_margin")(graphdef, beta=BETA, margin=50.0)(policy, batch, None)
+        sums = [sequence_log_prob_sums(graphdef, policy, batch[k], batch["prompt_len"], batch[f"{k}_len"]) for k in ("chosen", "rejected")]
+        np.testing.assert_allclose(float(out.value), float(jnp.mean(50.0 - (sums[0] - sums[1]))), rtol=1e-5)
+        optimizer = optax.adam(1e-2)
+        step = make_update_step(OBJECTIVES.get("_test_margin")(graphdef, beta=BETA), optimizer)
+        state, metrics = step(init_train_state(policy, optimizer, jax.random.key(0)), batch)
+        assert np.isfinite(float(metrics["loss"]))
+    finally:
+        PREFERENCE_LOSSES._items.pop("_test_margin")
+        OBJECTIVES._items.pop("_test_margin")
+
+
+def test_orpo_objective_includes_the_chosen_nll():
+    """ORPO declares chosen_nll_per_token, so its objective passes it: with lam = 0 the loss is
+    exactly the chosen responses' mean per-token NLL."""
+    graphdef, policy, _ = models()
+    batch = {k: jnp.asarray(v) for k, v in sampled_pairs().items()}
+    out, _ = preference_loss(graphdef, "orpo", beta=BETA, lam=0.0)(policy, batch, None)
+    chosen = sequence_log_prob_sums(graphdef, policy, batch["chosen"], batch["prompt_len"], batch["chosen_len"])
+    expected = jnp.mean(-chosen / jnp.maximum(batch["chosen_len"], 1))
+    np.testing.assert_allclose(float(out.value), float(expected), rtol=1e-5)

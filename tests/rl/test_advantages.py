@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jirl.config import ConfigError
+from jirl.registry import MissingInputError
 from jirl.rl import advantages as adv
-from jirl.rl.advantages import ADVANTAGES
+from jirl.rl.advantages import ADVANTAGES, advantage_fn
 
 EPS = 1e-6
 RTOL = 1e-5
@@ -240,8 +242,8 @@ def common_kwargs(data):
 
 @functools.cache
 def jitted(name):
-    """``ADVANTAGES[name]`` under jit, called as ``f(rewards, mask, kwargs)``; gamma and lam traced."""
-    estimator = ADVANTAGES.get(name)
+    """``advantage_fn(name)`` under jit, called as ``f(rewards, mask, kwargs)``; gamma and lam traced."""
+    estimator = advantage_fn(name)
     return jax.jit(lambda rewards, mask, kwargs: estimator(rewards, mask, **kwargs))
 
 
@@ -268,15 +270,16 @@ def test_matches_loop_reference(name, seed):
 @pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_jit_matches_eager_and_static_num_groups(name):
     data = random_batch(10, contiguous_ids=True)
-    estimator = ADVANTAGES.get(name)
+    estimator = advantage_fn(name)
     rewards = jnp.asarray(data["rewards"], jnp.float32)
     mask = jnp.asarray(data["mask"], jnp.float32)  # float masks work too
     kwargs = common_kwargs(data)
     eager = estimator(rewards, mask, **kwargs)
     compiled = jitted(name)(rewards, mask, kwargs)
     np.testing.assert_allclose(np.asarray(compiled), np.asarray(eager), rtol=1e-6, atol=1e-6)
-    with_static = estimator(rewards, mask, num_groups=len(data["group_ids"]), **kwargs)
-    np.testing.assert_allclose(np.asarray(with_static), REFERENCES[name](data), rtol=RTOL, atol=ATOL)
+    if "num_groups" in ADVANTAGES.options(name):
+        with_static = advantage_fn(name, {"num_groups": len(data["group_ids"])})(rewards, mask, **kwargs)
+        np.testing.assert_allclose(np.asarray(with_static), REFERENCES[name](data), rtol=RTOL, atol=ATOL)
 
 
 def test_vmap_over_seeds_matches_per_seed_calls():
@@ -286,7 +289,7 @@ def test_vmap_over_seeds_matches_per_seed_calls():
         for key in ["rewards", "mask", "values", "group_ids", "baseline_rewards"]
     }
     for name in ALL_NAMES:
-        estimator = ADVANTAGES.get(name)
+        estimator = advantage_fn(name)
         got = jax.vmap(
             lambda x: estimator(
                 x["rewards"], x["mask"], values=x["values"], group_ids=x["group_ids"],
@@ -348,7 +351,7 @@ def test_all_masked_batch_is_zero_not_nan():
     mask = jnp.zeros((3, 4))
     kwargs = dict(values=jnp.ones((3, 4)), group_ids=jnp.array([0, 0, 1]), baseline_rewards=jnp.ones((3, 4)))
     for name in ALL_NAMES:
-        np.testing.assert_array_equal(np.asarray(ADVANTAGES.get(name)(rewards, mask, **kwargs)), 0.0)
+        np.testing.assert_array_equal(np.asarray(advantage_fn(name)(rewards, mask, **kwargs)), 0.0)
 
 
 def test_reinforce_dense_vs_sparse_reward_to_go():
@@ -382,12 +385,14 @@ def test_check_rewards_names_offending_samples():
 
 def test_missing_inputs_and_bad_group_ids_raise_clearly():
     rewards, mask = jnp.ones((3, 2)), jnp.ones((3, 2))
-    with pytest.raises(ValueError, match="values"):
-        adv.gae(rewards, mask)
-    with pytest.raises(ValueError, match="group_ids"):
-        adv.grpo(rewards, mask)
+    with pytest.raises(MissingInputError, match="'gae' needs values=.*critic"):
+        advantage_fn("gae")(rewards, mask)
+    with pytest.raises(ValueError, match="'grpo' needs group_ids"):
+        advantage_fn("grpo")(rewards, mask)
     with pytest.raises(ValueError, match="baseline_rewards"):
-        adv.remax(rewards, mask)
+        advantage_fn("remax")(rewards, mask)
+    with pytest.raises(ValueError, match="group_ids"):
+        adv.grpo(rewards, mask, group_ids=None)  # a direct call with None is caught too
     with pytest.raises(ValueError, match=r"samples \[1\]"):
         adv.rloo(rewards, mask, group_ids=jnp.array([0, 7, 1]), num_groups=3)
     with pytest.raises(ValueError, match="mask shape"):
@@ -408,7 +413,7 @@ def test_remax_baseline_mask():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_registry_has_every_estimator_with_one_signature():
+def test_registry_has_every_estimator_taking_exactly_its_arguments():
     assert ADVANTAGES.names() == ALL_NAMES
     data = random_batch(7)
     kwargs = common_kwargs(data)
@@ -417,17 +422,59 @@ def test_registry_has_every_estimator_with_one_signature():
         params = inspect.signature(estimator).parameters
         positional = [p for p in params.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
         assert [p.name for p in positional] == ["rewards", "mask"], name
-        common = [("values", None), ("group_ids", None), ("baseline_rewards", None), ("gamma", 1.0), ("lam", 1.0)]
-        for keyword, default in common:
-            assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY, (name, keyword)
-            assert params[keyword].default == default, (name, keyword)
-        assert any(p.kind is p.VAR_KEYWORD for p in params.values()), name
+        assert all(p.kind is p.KEYWORD_ONLY for p in list(params.values())[2:]), name
+        assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), f"{name} must not take **kwargs"
         cites_paper = re.search(r"\((?:[^()]*, )?(19|20)\d\d", estimator.__doc__ or "")
         assert cites_paper, f"{name} docstring should cite its paper"
-        # same call for every estimator, with an extra option some of them ignore
-        got = estimator(data["rewards"], data["mask"], eps=EPS, **kwargs)
+        # the adapter makes one call for every estimator
+        got = advantage_fn(name)(data["rewards"], data["mask"], **kwargs)
         assert got.shape == data["rewards"].shape
         assert np.all(np.asarray(got)[~data["mask"]] == 0)
+
+
+def test_the_adapter_passes_an_estimator_only_the_inputs_it_declares():
+    seen = {}
+
+    def spy(rewards, mask, *, group_ids, gamma=1.0, scale=1.0):
+        seen.update(group_ids=group_ids, gamma=gamma, scale=scale)
+        return scale * rewards
+
+    ADVANTAGES.register("_test_spy", spy)
+    try:
+        rewards, mask = jnp.ones((2, 3)), jnp.ones((2, 3))
+        got = advantage_fn("_test_spy", {"scale": 2.0})(
+            rewards, mask, group_ids=jnp.array([0, 1]), values=jnp.zeros((2, 3)), gamma=0.5, lam=0.3,
+            baseline_rewards=jnp.zeros((2, 3)),
+        )  # values, lam and baseline_rewards are not declared: a call with them would be a TypeError
+        np.testing.assert_array_equal(got, 2.0 * rewards)
+        assert seen["gamma"] == 0.5 and seen["scale"] == 2.0
+        assert ADVANTAGES.options("_test_spy") == {"scale": 1.0}  # inputs are not options
+        with pytest.raises(MissingInputError, match="'_test_spy' needs group_ids"):
+            advantage_fn("_test_spy")(rewards, mask)
+    finally:
+        ADVANTAGES._items.pop("_test_spy")
+
+
+def test_a_misspelt_option_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"advantage estimator 'grpo' has no option 'esp'\. Did you mean 'eps'\? "
+                                          r"Its options are: eps, num_groups"):
+        advantage_fn("grpo", {"esp": 1e-3})
+    with pytest.raises(ConfigError, match=r"'rloo' has no option 'gamma' \(an input its caller supplies"):
+        advantage_fn("rloo", {"gamma": 0.9})
+    with pytest.raises(ConfigError, match=r"Its options are: \(none\)"):
+        advantage_fn("gae", {"lamda": 0.9})
+
+
+def test_an_option_changes_the_estimate():
+    """GRPO's eps against the hand value: a group with returns 0 and 1 has mean 1/2 and
+    population std 1/2, so A = -/+ (1/2) / (1/2 + eps)."""
+    rewards = jnp.array([[0.0], [1.0]])
+    mask = jnp.ones((2, 1))
+    ids = jnp.array([3, 3])
+    default = advantage_fn("grpo")(rewards, mask, group_ids=ids)
+    np.testing.assert_allclose(default[:, 0], [-0.5 / (0.5 + EPS), 0.5 / (0.5 + EPS)], rtol=1e-6)
+    loose = advantage_fn("grpo", {"eps": 0.5})(rewards, mask, group_ids=ids)
+    np.testing.assert_allclose(loose[:, 0], [-0.5, 0.5], rtol=1e-6)
 
 
 def test_rloo_to_go_is_rloo_for_sparse_rewards_of_equal_length():

@@ -14,8 +14,8 @@ from jirl.mdp.env import sequence_rewards
 from jirl.mdp.tasks import make_task
 from jirl.models.scoring import logits_fn
 from jirl.models.transformer import Transformer, gpt2_tiny
-from jirl.rl.loop import RLConfig, rl_iteration, rl_loss
-from jirl.train.step import init_train_state, make_update_step
+from jirl.rl.loop import RLConfig, make_rl_iteration
+from jirl.train.step import init_train_state
 
 TASK = make_task("bigram", num_chars=3, horizon=6)
 BETA = 0.5
@@ -39,10 +39,10 @@ def gap_curve(reward_fn, iterations=90, every=30):
     config = RLConfig(advantage="reinforce_baseline", policy_loss="pg", kl_coef=BETA, prompts_per_iteration=8, group_size=8)
     optimizer = optax.adam(3e-3)
     state = init_train_state(params, optimizer, jax.random.key(0))
-    step = make_update_step(rl_loss(graphdef, config, TASK.horizon), optimizer)
+    rl_iteration = make_rl_iteration(TASK, graphdef, optimizer, config, reward_fn=reward_fn)
     gaps = []
     for iteration in range(1, iterations + 1):
-        state, _ = rl_iteration(jax.random.key(iteration), TASK, graphdef, state, reference, step, config, reward_fn=reward_fn)
+        state, _ = rl_iteration(state, reference, jax.random.key(iteration))
         if iteration % every == 0:
             policy = oracle.log_probs_from_logits_fn(spec, logits_fn(graphdef, state.full_params))
             j = float(oracle.evaluate(spec, policy, ref_tree, rewards, BETA)["objective"])

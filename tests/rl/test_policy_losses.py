@@ -1,10 +1,13 @@
 """Policy losses against hand computations, closed-form gradients and plain-Python loops."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jirl.config import ConfigError
 from jirl.rl.policy_losses import (
     POLICY_LOSSES,
     aggregate,
@@ -12,6 +15,7 @@ from jirl.rl.policy_losses import (
     entropy_terms,
     gspo_terms,
     policy_gradient_terms,
+    policy_loss_fn,
     ppo_clip_terms,
 )
 from jirl.train.losses import LossOutput
@@ -321,6 +325,36 @@ def test_garbage_at_padding_gives_finite_loss_and_zero_gradient_there(name):
     np.testing.assert_array_equal(np.asarray(grad)[~np.asarray(mask)], 0.0)
     _, metrics = loss(log_probs, old, adv, mask)
     assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
+def test_policy_losses_take_exactly_their_options():
+    for name in POLICY_LOSSES:
+        params = inspect.signature(POLICY_LOSSES.get(name)).parameters.values()
+        assert [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD] == ["log_probs", "old_log_probs", "advantages", "mask"]
+        assert all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in list(params)[4:]), name
+    assert POLICY_LOSSES.options("ppo") == {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": None}
+    assert POLICY_LOSSES.options("pg") == {}
+
+
+def test_a_misspelt_policy_loss_option_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"policy loss 'ppo' has no option 'cilp_low'\. Did you mean 'clip_low'\? "
+                                          r"Its options are: clip_high, clip_low, dual_clip"):
+        policy_loss_fn("ppo", {"cilp_low": 0.1})
+    with pytest.raises(ConfigError, match=r"'pg' has no option 'clip_low'\. Its options are: \(none\)"):
+        policy_loss_fn("pg", {"clip_low": 0.1})
+
+
+def test_ppo_options_change_the_loss_as_computed_by_hand():
+    """Ratio 1.15 with A = 1: clip_high 0.2 leaves it unclipped (l = -1.15), clip_high 0.1 clips
+    it to 1.1 (l = -1.1). Ratio 5 with A = -1: l = 5 unless dual_clip = 3 caps it at 3."""
+    log_probs, old, adv = ppo_case([1.15, 5.0], [1.0, -1.0])
+    mask = jnp.ones(2, bool)
+    default, metrics = policy_loss_fn("ppo")(log_probs, old, adv, mask)
+    np.testing.assert_allclose(default, [-1.15, 5.0], rtol=1e-5)
+    assert float(metrics["clip_fraction"]) == 0.0
+    tight, metrics = policy_loss_fn("ppo", {"clip_high": 0.1, "dual_clip": 3.0})(log_probs, old, adv, mask)
+    np.testing.assert_allclose(tight, [-1.1, 3.0], rtol=1e-5)
+    assert float(metrics["clip_fraction"]) == 1.0
 
 
 def test_policy_losses_jit():

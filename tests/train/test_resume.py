@@ -136,7 +136,7 @@ def test_a_run_stopped_mid_way_and_resumed_writes_the_metrics_of_an_uninterrupte
     graphdef = nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))[0]
     optimizer = optax.adam(1e-2)
     step_fn = make_update_step(sft_loss(graphdef), optimizer)
-    train = TrainConfig(steps=12, checkpoint_every=4, eval_every=3)
+    train = TrainConfig(steps=12, checkpoint_every=4, eval_every=3, log_every=1)  # every step logged before the crash
     evaluate = jax.jit(lambda state: {"param_norm": optax.tree.norm(state.params)})
 
     def run(folder, batches, resume=False, init_seed=0):
@@ -160,7 +160,7 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_zero(tmp_pa
     graphdef = nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))[0]
     optimizer = optax.adam(1e-2)
     step_fn = make_update_step(sft_loss(graphdef), optimizer)
-    train = TrainConfig(steps=6, checkpoint_every=4, eval_every=1)
+    train = TrainConfig(steps=6, checkpoint_every=4, eval_every=1, log_every=1)
 
     def run(folder, batches, resume=False):
         state = init_train_state(nnx.split(Transformer(llama_tiny(7, max_len=16), rngs=nnx.Rngs(0)))[1], optimizer, jax.random.key(0))

@@ -1,0 +1,38 @@
+"""Pools of a policy's responses to a task's prompts, with their gold returns: the samples a
+study labels preferences on, runs best-of-n over or evaluates a policy with."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jirl.mdp.env import sequence_rewards
+from jirl.mdp.sampler import SamplingConfig, generate
+
+
+def gold_returns(task, tokens, prompt_lens, response_lens):
+    """The task's (gold) return of each finished response ``[B]``: its step rewards summed."""
+    return jnp.sum(sequence_rewards(task, tokens, prompt_lens, response_lens), axis=1)
+
+
+def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk: int = 1024) -> dict:
+    """One response of the policy (``graphdef``, ``params``) to each of the task's prompts
+    ``prompt_ids`` (indices into ``task.prompts``, repeats for several responses), generated in
+    chunks of ``chunk`` rows (one shape, one compile; chunk ``i`` draws from
+    ``fold_in(key, i)``). Returns numpy arrays ``tokens``, ``prompt_len``, ``response_len``,
+    ``gold`` (``gold_returns``), ``length`` (prompt + response) and ``prompt_id``, one row per
+    entry of ``prompt_ids``."""
+    tokens, lens, _ = task.prompts
+    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id)
+    padded = np.resize(prompt_ids, -(-len(prompt_ids) // chunk) * chunk)  # the last chunk filled up
+    parts = []
+    for i, start in enumerate(range(0, len(padded), chunk)):
+        ids = padded[start : start + chunk]
+        out = generate(graphdef, params, jnp.asarray(tokens[ids]), jnp.asarray(lens[ids]), jax.random.fold_in(key, i), sampling)
+        gold = gold_returns(task, out.tokens, out.prompt_lens, out.response_lens)
+        parts.append({"tokens": out.tokens, "prompt_len": out.prompt_lens, "response_len": out.response_lens, "gold": gold})
+    pool = {k: np.concatenate([np.asarray(p[k]) for p in parts])[: len(prompt_ids)] for k in parts[0]}
+    pool["length"] = pool["prompt_len"] + pool["response_len"]
+    pool["prompt_id"] = np.asarray(prompt_ids)
+    return pool
