@@ -214,7 +214,7 @@ def dense_rewards(scheme: str, setting: Setting, config: CreditHorizonConfig, au
     task, horizon = setting.task, setting.task.horizon
     true = sequence_rewards(task, tokens, prompt_lens, response_lens)
     mask = response_mask(response_lens, horizon)
-    rm_graphdef, rm_params, mean, std = setting.reward_model
+    rm_graphdef, rm_params, mean, std = setting.extras["reward_model"]
     inputs, options = {}, {}
     if scheme == "shaping":
         inputs["potentials"] = mean + std * prefix_potentials(rm_graphdef, rm_params, tokens, prompt_lens, horizon)
@@ -223,7 +223,7 @@ def dense_rewards(scheme: str, setting: Setting, config: CreditHorizonConfig, au
         options["abc_weight"] = config.abc_weight
     elif scheme == "rto":
         inputs["implicit_rewards"] = implicit_token_rewards(
-            setting.graphdef, setting.dpo, setting.reference, tokens, prompt_lens, response_lens, horizon, config.rto_beta
+            setting.graphdef, setting.extras["dpo"], setting.reference, tokens, prompt_lens, response_lens, horizon, config.rto_beta
         )
         options["rto_clip"] = config.rto_clip
     elif scheme == "prime":
@@ -259,7 +259,7 @@ def make_programs(scheme: str, setting: Setting, config: CreditHorizonConfig) ->
 
     def evaluate(policy, aux, key):
         samples = sample(task, graphdef, policy, key, config.eval_samples, config.group_size)
-        test = setting.test
+        test = setting.extras["test"]
         dense = credit(aux, test["tokens"], test["prompt_len"], test["response_len"])
         mask = response_mask(test["response_len"], task.horizon)
         return {
@@ -275,7 +275,8 @@ def train_scheme(scheme: str, setting: Setting, config: CreditHorizonConfig, run
     iterate, evaluate, init = make_programs(scheme, setting, config)
     carry = init(config.seeds)
     seed_keys = jax.random.split(jax.random.key(config.seed + 100), config.seeds)
-    fraction = lambda r: (r - setting.reference_return) / (setting.best_return - setting.reference_return)  # noqa: E731
+    reference_return, best_return = setting.extras["reference_return"], setting.extras["best_return"]
+    fraction = lambda r: (r - reference_return) / (best_return - reference_return)  # noqa: E731
     curve = []  # [iteration, seed] gold fraction of the sampled responses
     for iteration in range(1, config.iterations + 1):
         keys = jax.vmap(lambda k: jax.random.fold_in(k, iteration))(seed_keys)
@@ -322,8 +323,8 @@ def run(config: CreditHorizonConfig, run: RunDir) -> dict:
             start = time.perf_counter()
             progress.update(bar, description=f"H={horizon} setting")
             setting = build_setting(config, horizon)
-            results["reference_return"][str(horizon)] = setting.reference_return
-            results["best_return"][str(horizon)] = setting.best_return
+            results["reference_return"][str(horizon)] = setting.extras["reference_return"]
+            results["best_return"][str(horizon)] = setting.extras["best_return"]
             for scheme in config.schemes:
                 progress.update(bar, description=f"H={horizon} {scheme}")
                 cell = train_scheme(scheme, setting, config, run, progress, bar)

@@ -27,9 +27,8 @@ class Setting:
     """A task, a policy and its reference: ``task``; the policy's ``model_config`` and
     ``graphdef``; ``reference``, its initial parameters (also the KL reference). For a task
     solved exactly (``exact``), its oracle ``spec``, the gold ``rewards`` tree and the reference
-    as a policy tree ``ref_tree``; else these are ``None``. ``extras``: what one study adds,
-    also readable as attributes (``setting.test`` is ``setting.extras["test"]``). Build with
-    ``Setting.build``."""
+    as a policy tree ``ref_tree``; else these are ``None``. ``extras``: what one study adds (its
+    reward models, test samples, ...), by name. Build with ``Setting.build``."""
 
     task: Any
     model_config: Any  # the policy's TransformerConfig
@@ -56,13 +55,6 @@ class Setting:
             setting.rewards = oracle.rewards_from_step_fn(setting.spec, task.step_reward)
             setting.ref_tree = setting.policy_tree(reference)
         return setting
-
-    def __getattr__(self, name: str):
-        """An entry of ``extras`` read as an attribute."""
-        extras = self.__dict__.get("extras", {})
-        if name in extras:
-            return extras[name]
-        raise AttributeError(f"{type(self).__name__} has no field or extra {name!r} (extras: {sorted(extras)})")
 
     @property
     def exact(self) -> bool:
