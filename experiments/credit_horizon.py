@@ -44,7 +44,7 @@ from rich.table import Table
 from jirl.config import ConfigError, at_least, each, finite, in_range, non_empty, non_negative, positive, probability, registered
 from jirl.credit.models import prefix_potentials, scores_and_attention, token_rewards
 from jirl.credit.online import CreditRLPrograms, make_credit_rl_programs, online_model
-from jirl.credit.schemes import CREDIT_SCHEMES, credit_correlation
+from jirl.credit.schemes import credit_correlation, credit_fn
 from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.env import sequence_rewards
@@ -233,7 +233,7 @@ def dense_rewards(scheme: str, setting: Setting, config: CreditHorizonConfig, au
         options["process_coef"] = config.prime_coef
     elif scheme == "decomposition":
         inputs["predicted_rewards"] = token_rewards(aux_graphdef, aux, tokens, prompt_lens, horizon)
-    return CREDIT_SCHEMES.bind(SCHEMES[scheme], options)(true, mask, **inputs)  # = credit_fn(name, options)
+    return credit_fn(SCHEMES[scheme], options)(true, mask, **inputs)
 
 
 def make_programs(scheme: str, setting: Setting, config: CreditHorizonConfig) -> CreditRLPrograms:

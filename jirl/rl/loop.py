@@ -237,9 +237,7 @@ def make_rl_update(
     ``host_reward=True`` is for a reward computed on the host (text detokenised for another
     model's tokenizer, a Python verifier): ``update`` is then not jittable; it collects
     eagerly (the sampler is compiled on its own) and runs the compiled minibatch updates."""
-    rows = config.prompts_per_iteration * config.group_size
-    if rows % config.minibatches:
-        raise ConfigError(f"minibatches={config.minibatches} does not divide the {rows} samples of an iteration")
+    config.validate()  # minibatches divide the samples; the loss's and estimator's options exist
     train_on_batch = make_minibatch_update(rl_loss(graphdef, config, task.horizon, critic_graphdef), optimizer, config, accumulation_steps)
     if host_reward:
         train_on_batch = jax.jit(train_on_batch, donate_argnums=0)
