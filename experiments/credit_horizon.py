@@ -48,7 +48,7 @@ from jirl.credit.schemes import credit_correlation, credit_fn
 from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.env import sequence_rewards
-from jirl.mdp.sampler import SamplingConfig, generate
+from jirl.mdp.responses import sample_groups
 from jirl.mdp.tasks import make_task
 from jirl.models.heads import SequenceRewardModel
 from jirl.models.scoring import gather_response, response_mask
@@ -113,10 +113,7 @@ def best_return(task) -> float:
 
 def sample(task, graphdef, params, key, num: int, group: int):
     """``num`` responses in groups of ``group`` per prompt, with their true per-token rewards."""
-    prompt_key, sample_key = jax.random.split(key)
-    prompts, lens = task.sample_prompts(prompt_key, num // group)
-    prompts, lens = jnp.repeat(prompts, group, 0), jnp.repeat(lens, group)
-    out = generate(graphdef, params, prompts, lens, sample_key, SamplingConfig(task.horizon, task.eos_id))
+    out = sample_groups(task, graphdef, params, key, num // group, group).responses
     true = sequence_rewards(task, out.tokens, out.prompt_lens, out.response_lens)
     return {"tokens": out.tokens, "prompt_len": out.prompt_lens, "response_len": out.response_lens, "true": true}
 
@@ -273,8 +270,8 @@ def make_programs(scheme: str, setting: Setting, config: CreditHorizonConfig) ->
 
 def train_scheme(scheme: str, setting: Setting, config: CreditHorizonConfig, run: RunDir, progress, bar) -> dict:
     iterate, evaluate, init = make_programs(scheme, setting, config)
-    carry = init(config.seeds)
     seed_keys = jax.random.split(jax.random.key(config.seed + 100), config.seeds)
+    carry = init(jax.vmap(lambda k: jax.random.fold_in(k, 0))(seed_keys))  # iterations fold in 1, 2, ...
     reference_return, best_return = setting.extras["reference_return"], setting.extras["best_return"]
     fraction = lambda r: (r - reference_return) / (best_return - reference_return)  # noqa: E731
     curve = []  # [iteration, seed] gold fraction of the sampled responses

@@ -24,7 +24,7 @@ from jirl.eval.setting import Setting
 from jirl.mdp.env import sequence_rewards
 from jirl.models.heads import TokenRewardModel
 from jirl.rl.loop import RLConfig, collect, make_minibatch_update, rl_loss
-from jirl.train.step import init_train_state
+from jirl.train.step import init_train_state, update_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def online_model(
 class CreditRLPrograms(NamedTuple):
     """The programs of ``make_credit_rl_programs``: ``iterate(carry, keys) -> (carry,
     metrics)``, ``evaluate(carry, keys) -> dict`` (jitted and vmapped over seeds) and
-    ``init(num_seeds) -> carry``."""
+    ``init(keys) -> carry`` (one seed per key)."""
 
     iterate: Callable
     evaluate: Callable
@@ -75,51 +75,61 @@ def make_credit_rl_programs(
 ) -> CreditRLPrograms:
     """Seed-vmapped RL from the setting's reference whose rewards are a credit scheme's.
 
-    An iteration (``iterate``) is the library's ``collect`` with ``reward_fn = credit_fn(aux,
-    tokens, prompt_lens, response_lens) -> [B, horizon]`` (``aux``: the online model's current
-    parameters, ``{}`` without one), then ``make_minibatch_update`` of ``rl_loss`` with
-    ``optimizer`` and, with ``online``, one ``online.optimizer`` step of ``online.loss`` on the
-    same samples: their ``returns`` (the task's return) and, for outcome labels,
-    ``group_relative_labels`` of those returns. Metrics: ``collect``'s plus
-    ``update/nonfinite``. ``evaluate`` is ``evaluate_fn(policy_params, aux, key)`` of each seed.
-    ``init(num_seeds)``: every seed at the reference (and ``online.init``); the RL loss draws no
-    noise, so every policy state starts from the same key."""
+    The carry of a seed is ``(policy_state, online_state)``, two ``TrainState``s (``None`` for
+    the second without an online model). An iteration (``iterate``) is the library's
+    ``collect`` with ``reward_fn = credit_fn(aux, tokens, prompt_lens, response_lens) -> [B,
+    horizon]`` (``aux``: the online model's current parameters, ``{}`` without one), then
+    ``make_minibatch_update`` of ``rl_loss`` with ``optimizer`` and, with ``online``, one
+    ``jirl.train.step`` update (``online.optimizer``, NaN guard included) of ``online.loss`` on
+    the same samples: their ``returns`` (the task's return) and, for outcome labels,
+    ``group_relative_labels`` of those returns. Metrics: ``collect``'s plus ``update/nonfinite``
+    and, with ``online``, ``online/loss`` and ``online/nonfinite`` (``check_update_metrics``
+    raises on either flag). ``evaluate`` is ``evaluate_fn(policy_params, aux, key)`` of each
+    seed. ``init(keys)``: every seed at the reference (and ``online.init``), the online model's
+    state keyed by the seed's key (its loss may draw noise: return decomposition's subsets);
+    the RL loss draws none, so every policy state starts from the same key."""
     task, graphdef, reference = setting.task, setting.graphdef, setting.reference
     train_on_batch = make_minibatch_update(rl_loss(graphdef, rl, task.horizon), optimizer, rl)
+    online_step = update_fn(online.loss, online.optimizer) if online is not None else None
+
+    def online_params(online_state):
+        return online_state.full_params if online_state is not None else {}
 
     def iterate(carry, key):
-        policy_state, aux, aux_state = carry
-        collect_key, aux_key = jax.random.split(key)
+        policy_state, online_state = carry
+        aux = online_params(online_state)
 
         def reward_fn(tokens, prompt_lens, response_lens):
             return credit_fn(aux, tokens, prompt_lens, response_lens)
 
+        collect_key, shuffle_key = jax.random.split(key)
         batch, metrics = collect(collect_key, task, graphdef, policy_state.full_params, reference, rl, reward_fn)
-        policy_state, update_metrics = train_on_batch(policy_state, batch, jax.random.fold_in(key, 2))
+        policy_state, update_metrics = train_on_batch(policy_state, batch, shuffle_key)
         metrics["update/nonfinite"] = update_metrics["nonfinite"]
         if online is not None:
             response_lens = jnp.sum(batch["mask"], axis=1)
             returns = jnp.sum(sequence_rewards(task, batch["tokens"], batch["prompt_len"], response_lens), axis=1)
-            aux_batch = {
+            online_batch = {
                 "tokens": batch["tokens"], "prompt_len": batch["prompt_len"], "response_len": response_lens,
                 "ref_log_probs": batch["ref_log_probs"], "returns": returns,
                 "labels": group_relative_labels(returns, rl.group_size),
             }
-            aux_grads = jax.grad(lambda p: online.loss(p, aux_batch, aux_key)[0].value)(aux)
-            aux_updates, aux_state = online.optimizer.update(aux_grads, aux_state, aux)
-            aux = optax.apply_updates(aux, aux_updates)
-        return (policy_state, aux, aux_state), metrics
+            online_state, online_metrics = online_step(online_state, online_batch)
+            metrics["online/loss"] = online_metrics["loss"]
+            metrics["online/nonfinite"] = online_metrics["nonfinite"]
+        return (policy_state, online_state), metrics
 
     def evaluate(carry, key):
-        policy_state, aux, _ = carry
-        return evaluate_fn(policy_state.full_params, aux, key)
+        policy_state, online_state = carry
+        return evaluate_fn(policy_state.full_params, online_params(online_state), key)
 
-    def init(num_seeds: int):
-        stack = lambda tree: jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), tree)  # noqa: E731
-        policy = stack(reference)
-        aux = stack(online.init) if online is not None else {}
-        aux_state = jax.vmap(online.optimizer.init)(aux) if online is not None else {}
+    def init(keys):
+        num_seeds = keys.shape[0]
+        policy = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (num_seeds,) + x.shape), reference)
         policy_state = jax.vmap(lambda p: init_train_state(p, optimizer, jax.random.key(0)))(policy)
-        return policy_state, aux, aux_state
+        online_state = None
+        if online is not None:
+            online_state = jax.vmap(lambda k: init_train_state(online.init, online.optimizer, k))(keys)
+        return policy_state, online_state
 
     return CreditRLPrograms(jax.jit(jax.vmap(iterate)), jax.jit(jax.vmap(evaluate)), init)

@@ -3,12 +3,14 @@ study labels preferences on, runs best-of-n over or evaluates a policy with."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jirl.mdp.env import sequence_rewards
-from jirl.mdp.sampler import SamplingConfig, generate
+from jirl.mdp.sampler import SampleOutput, SamplingConfig, generate
 
 
 def gold_returns(task, tokens, prompt_lens, response_lens):
@@ -36,3 +38,26 @@ def sample_responses(task, graphdef, params, key, prompt_ids: np.ndarray, chunk:
     pool["length"] = pool["prompt_len"] + pool["response_len"]
     pool["prompt_id"] = np.asarray(prompt_ids)
     return pool
+
+
+class GroupSample(NamedTuple):
+    """``sample_groups``' draw: the ``responses`` (a ``SampleOutput``, ``group_size`` rows per
+    prompt, consecutive) and the ``prompts [P, Lp]`` and ``prompt_lens [P]`` they answer."""
+
+    responses: SampleOutput
+    prompts: jax.Array
+    prompt_lens: jax.Array
+
+
+def sample_groups(task, graphdef, params, key, num_prompts: int, group_size: int, temperature: float = 1.0) -> GroupSample:
+    """``num_prompts`` prompts drawn from the task, each answered ``group_size`` times by the
+    policy (``graphdef``, ``params``) at ``temperature``: the groups of RLOO/GRPO and of
+    within-prompt preference pairs. Pure and jittable (vmappable over keys): the prompts come
+    from ``split(key)[0]``, the responses from ``split(key)[1]``."""
+    prompt_key, sample_key = jax.random.split(key)
+    prompts, prompt_lens = task.sample_prompts(prompt_key, num_prompts)
+    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id, temperature=temperature)
+    out = generate(
+        graphdef, params, jnp.repeat(prompts, group_size, axis=0), jnp.repeat(prompt_lens, group_size), sample_key, sampling
+    )
+    return GroupSample(out, prompts, prompt_lens)

@@ -36,6 +36,7 @@ from flax import nnx
 
 from jirl.config import ConfigError, at_least, finite, non_negative, positive, probability, registered
 from jirl.mdp.env import sequence_rewards
+from jirl.mdp.responses import sample_groups
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.scoring import gather_response, response_log_probs
 from jirl.rl.advantages import ADVANTAGES, advantage_fn, check_rewards, gae_returns
@@ -143,13 +144,8 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     ``batch["rewards"]`` keeps the rewards before the KL penalty (auxiliary models such as a
     process reward model learn from them).
     """
-    prompt_key, sample_key = jax.random.split(key)
-    unique_prompts, unique_lens = task.sample_prompts(prompt_key, config.prompts_per_iteration)
-    prompts = jnp.repeat(unique_prompts, config.group_size, axis=0)
-    prompt_lens = jnp.repeat(unique_lens, config.group_size)
+    out, unique_prompts, unique_lens = sample_groups(task, graphdef, params, key, config.prompts_per_iteration, config.group_size, config.temperature)
     group_ids = jnp.repeat(jnp.arange(config.prompts_per_iteration), config.group_size)
-    sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id, temperature=config.temperature)
-    out = generate(graphdef, params, prompts, prompt_lens, sample_key, sampling)
     rewards, shaped, ref_log_probs = score_responses(out, task, graphdef, ref_params, config, reward_fn)
     mask = out.response_mask
     batch = {
@@ -159,7 +155,8 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     baseline = {}
     if config.advantage == "remax":
         # ReMax's baseline: the (shaped) return of the greedy response to the same prompt.
-        greedy = generate(graphdef, params, unique_prompts, unique_lens, sample_key, dataclasses.replace(sampling, greedy=True))
+        greedy_sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id, temperature=config.temperature, greedy=True)
+        greedy = generate(graphdef, params, unique_prompts, unique_lens, key, greedy_sampling)
         _, greedy_shaped, _ = score_responses(greedy, task, graphdef, ref_params, config, reward_fn)
         baseline = {
             "baseline_rewards": jnp.repeat(greedy_shaped, config.group_size, axis=0),
@@ -257,7 +254,8 @@ def make_rl_update(
 
 def check_update_metrics(metrics: dict, where: str = "RL") -> None:
     """Raise ``NonFiniteLossError`` if any row of (possibly seed-stacked) update metrics saw a
-    non-finite reward or update. Reads two flags from the device."""
+    non-finite reward, RL update (``update/nonfinite``) or update of a model learned alongside
+    (``online/nonfinite``, ``jirl.credit.online``). Reads the flags from the device."""
     bad_rewards = np.asarray(metrics.get("nonfinite_rewards", 0))
     if np.any(bad_rewards):
         raise NonFiniteLossError(
@@ -265,12 +263,15 @@ def check_update_metrics(metrics: dict, where: str = "RL") -> None:
             "the update was not applied. Check the reward model or verifier output (jirl.rl.advantages.check_rewards "
             "names the samples when called on concrete rewards)."
         )
-    if np.any(np.asarray(metrics.get("update/nonfinite", False))):
-        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith("update/") and np.ndim(v) == 0 and k != "update/nonfinite")
-        raise NonFiniteLossError(
-            f"{where}: the RL loss, gradient or update became NaN/inf (update metrics: {shown or 'per seed'}); the update was "
-            "not applied. Lower the learning rate or the temperature, or check the rewards."
-        )
+    for part, what in (("update", "the RL loss"), ("online", "the online model's loss")):
+        if np.any(np.asarray(metrics.get(f"{part}/nonfinite", False))):
+            shown = ", ".join(
+                f"{k}={float(v):.4g}" for k, v in metrics.items() if k.startswith(f"{part}/") and np.ndim(v) == 0 and k != f"{part}/nonfinite"
+            )
+            raise NonFiniteLossError(
+                f"{where}: {what}, its gradient or update became NaN/inf ({part} metrics: {shown or 'per seed'}); the update was "
+                "not applied. Lower the learning rate or the temperature, or check the rewards."
+            )
 
 
 def make_rl_iteration(

@@ -8,15 +8,18 @@ import optax
 import pytest
 from flax import nnx
 
-from jirl.credit.online import make_credit_rl_programs, online_model
+from jirl.credit.online import OnlineModel, make_credit_rl_programs, online_model
 from jirl.eval.setting import Setting
 from jirl.mdp.env import sequence_rewards
 from jirl.mdp.tasks import make_task
 from jirl.models.heads import TokenRewardModel
 from jirl.models.transformer import ModelSize
-from jirl.rl.loop import RLConfig
+from jirl.rl.loop import RLConfig, check_update_metrics
+from jirl.train.loop import NonFiniteLossError
+from jirl.train.losses import LossOutput
 
 RL = RLConfig(advantage="rloo", policy_loss="pg", prompts_per_iteration=2, group_size=2)
+SEED_KEYS = jax.random.split(jax.random.key(9), 2)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +65,14 @@ def test_the_policy_learns_from_the_credit_and_seeds_are_independent(setting):
     reference = leaves(setting.reference)
     # No credit, no advantage: every seed's policy stays exactly the reference.
     iterate, _, init = make_credit_rl_programs(setting, RL, optax.adam(1e-2), zero_credit, evaluate)
-    carry, metrics = iterate(init(2), jax.random.split(jax.random.key(0), 2))
+    carry, metrics = iterate(init(SEED_KEYS), jax.random.split(jax.random.key(0), 2))
     assert equal(row(carry[0].full_params, 0), reference) and equal(row(carry[0].full_params, 1), reference)
     assert metrics["reward"].shape == (2,) and not np.any(metrics["update/nonfinite"])
 
     iterate, evaluate, init = make_credit_rl_programs(setting, RL, optax.adam(1e-2), true_credit, evaluate)
     k0, k1 = jax.random.split(jax.random.key(1), 2)
-    two, _ = iterate(init(2), jnp.stack([k0, k1]))
-    same, _ = iterate(init(2), jnp.stack([k0, k0]))
+    two, _ = iterate(init(SEED_KEYS), jnp.stack([k0, k1]))
+    same, _ = iterate(init(SEED_KEYS), jnp.stack([k0, k0]))
     assert not equal(row(two[0].full_params, 0), reference)
     assert not equal(row(two[0].full_params, 0), row(two[0].full_params, 1))  # seeds draw their own samples
     assert equal(row(two[0].full_params, 0), row(same[0].full_params, 0))  # and do not see each other's
@@ -87,9 +90,43 @@ def test_the_online_model_is_updated_on_the_policys_samples(setting):
         return sequence_rewards(setting.task, tokens, prompt_lens, response_lens)
 
     iterate, _, init = make_credit_rl_programs(setting, RL, optax.adam(1e-2), credit, lambda *a: {}, online)
-    carry = init(2)
-    assert equal(row(carry[1], 0), leaves(online.init))
+    carry = init(SEED_KEYS)
+    assert equal(row(carry[1].full_params, 0), leaves(online.init))
     carry, _ = iterate(carry, jax.random.split(jax.random.key(2), 2))
     assert seen and seen[0] == jax.tree_util.tree_structure(online.init)  # the credit reads the online model
-    after = row(carry[1], 0)
+    after = row(carry[1].full_params, 0)
     assert not equal(after, leaves(online.init)) and all(np.all(np.isfinite(x)) for x in after)
+
+
+def quadratic_online_model(target):
+    """An online model whose loss ``sum_leaves sum (w - target)^2`` ignores the batch: one SGD
+    step from ``w0`` at rate ``lr`` lands on ``w0 - 2 lr (w0 - target)`` (closed form)."""
+    graphdef, init = nnx.split(nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+
+    def loss(params, batch, key):
+        total = sum(jnp.sum((w - target) ** 2) for w in jax.tree_util.tree_leaves(params))
+        return LossOutput(total=total, count=jnp.ones(())), {}
+
+    return OnlineModel(graphdef, init, loss, optax.sgd(0.1))
+
+
+def test_the_online_update_is_one_guarded_train_step(setting):
+    """The online model takes exactly one optimizer step per iteration (closed form), and a NaN
+    loss leaves it untouched, raises its flag and makes check_update_metrics name it."""
+    zero = lambda aux, t, p, r: jnp.zeros_like(sequence_rewards(setting.task, t, p, r))  # noqa: E731
+    online = quadratic_online_model(1.0)
+    iterate, _, init = make_credit_rl_programs(setting, RL, optax.adam(1e-2), zero, lambda *a: {}, online)
+    carry, metrics = iterate(init(SEED_KEYS), SEED_KEYS)
+    for seed in (0, 1):
+        expected = [w - 0.2 * (w - 1.0) for w in leaves(online.init)]
+        for got, want in zip(row(carry[1].full_params, seed), expected):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.any(metrics["online/nonfinite"]) and np.all(np.asarray(carry[1].step) == 1)
+
+    broken = quadratic_online_model(jnp.nan)
+    iterate, _, init = make_credit_rl_programs(setting, RL, optax.adam(1e-2), zero, lambda *a: {}, broken)
+    carry, metrics = iterate(init(SEED_KEYS), SEED_KEYS)
+    assert np.all(metrics["online/nonfinite"]) and np.all(np.asarray(carry[1].step) == 0)
+    assert equal(row(carry[1].full_params, 0), leaves(broken.init))
+    with pytest.raises(NonFiniteLossError, match="online model"):
+        check_update_metrics(jax.device_get(metrics))

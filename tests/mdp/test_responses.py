@@ -1,4 +1,4 @@
-"""``sample_responses`` and ``gold_returns``: one row per requested prompt, in order, across
+"""``sample_responses``, ``sample_groups`` and ``gold_returns``: one row per requested prompt, in order, across
 chunks, with the bigram table's return of each response."""
 
 import jax
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jirl.mdp.responses import gold_returns, sample_responses
+from jirl.mdp.responses import gold_returns, sample_groups, sample_responses
+from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.mdp.tasks import make_task
 from jirl.models.transformer import ModelSize, Transformer
 
@@ -53,3 +54,25 @@ def test_gold_returns_sum_the_table_scores_of_each_response():
     prompt_lens, response_lens = np.array([1, 1, 1]), np.array([3, 1, 3])
     expected = [table_return(task, row, 1, n) for row, n in zip(tokens, response_lens)]
     np.testing.assert_allclose(np.asarray(gold_returns(task, tokens, prompt_lens, response_lens)), expected, rtol=1e-6)
+
+
+def test_sample_groups_answers_each_drawn_prompt_group_size_times(policy):
+    """Rows come in consecutive groups that share their prompt; the prompts are the task's draw
+    from split(key)[0] and the responses equal a direct ``generate`` from split(key)[1]."""
+    task, graphdef, params = policy
+    key = jax.random.key(4)
+    group = sample_groups(task, graphdef, params, key, num_prompts=3, group_size=4)
+    prompt_key, sample_key = jax.random.split(key)
+    prompts, lens = task.sample_prompts(prompt_key, 3)
+    np.testing.assert_array_equal(group.prompts, prompts)
+    np.testing.assert_array_equal(group.prompt_lens, lens)
+    rows = np.asarray(group.responses.tokens)
+    for i in range(12):
+        width = int(lens[i // 4])
+        np.testing.assert_array_equal(rows[i, :width], np.asarray(prompts)[i // 4, :width])
+    direct = generate(
+        graphdef, params, np.repeat(np.asarray(prompts), 4, axis=0), np.repeat(np.asarray(lens), 4), sample_key,
+        SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id),
+    )
+    np.testing.assert_array_equal(rows, np.asarray(direct.tokens))
+    assert len(set(map(tuple, rows[:4].tolist()))) > 1  # a group's responses are drawn independently
