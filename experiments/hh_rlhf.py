@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from jirl.models.pretrained import pretrained_model
 from jirl.config import ConfigError, at_least, finite, non_negative, positive, registered
-from jirl.data.preferences import assign_split, hh_last_human_turn, read_hh_pairs
+from jirl.data.preferences import HHPreferences, assign_split, hh_last_human_turn, read_hh_pairs
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.bert import load_minilm
@@ -260,7 +260,7 @@ def run(config: HHRLHFConfig, run: RunDir) -> dict:
     seconds = {}
     started = tick = time.perf_counter()
     manual_dir = Path(config.manual_dir) if config.manual_dir else SHARED_HH
-    pairs, _ = read_hh_pairs(next(manual_dir / name for name in ("pairs.jsonl.gz", "pairs.jsonl") if (manual_dir / name).exists()))
+    pairs, _ = read_hh_pairs(HHPreferences.split_files(manual_dir)["all"])  # a DataError naming the file when it is missing
     split = [assign_split(p.prompt, 0.2, 0) for p in pairs]  # the HHPreferences split (test_fraction 0.2, seed 0)
     if config.rm_pairs < 0:
         raise ConfigError(f"rm_pairs must be >= 0 (0: all pairs), got {config.rm_pairs}")

@@ -48,7 +48,7 @@ from jirl.train.step import init_train_state, make_update_step
 from jirl.config import config_to_dict
 from jirl.irl.methods import IRL_METHODS, IRLContext, IRLSettings, check_demonstrations
 from jirl.mdp.demonstrations import Demonstrations
-from jirl.rl.loop import RLConfig, make_rl_iteration
+from jirl.rl.loop import RLConfig, init_rl_state, make_rl_iteration
 
 
 @dataclasses.dataclass
@@ -189,7 +189,7 @@ def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate
     task, graphdef = context.task, context.graphdef
     rl = dataclasses.replace(config.rl, kl_coef=learned.beta)
     optimizer = optax.adam(optax.cosine_decay_schedule(config.rl_learning_rate, config.rl_iterations * rl.epochs * rl.minibatches, alpha=0.1))
-    state = init_train_state(context.sft_params, optimizer, jax.random.key(config.seed + 2))
+    state = init_rl_state(init_train_state(context.sft_params, optimizer, jax.random.key(config.seed + 2)), rl)  # rl.kl_controller may move beta
     rl_iteration = make_rl_iteration(task, graphdef, optimizer, rl, reward_fn=learned.reward_fn)
     log = run.path / "irl_metrics.jsonl"
     log.write_text("")

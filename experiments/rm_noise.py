@@ -13,7 +13,8 @@ embedded once by a jirl transformer and many light heads are trained on the cach
     embedder: the random jirl transformer (``transformer``, the default) or the pretrained
     all-MiniLM-L6-v2 sentence encoder (``minilm``) applied to the same dialogue text.
 
-Each cell is the mean and std over ``num_seeds`` seeds (pair sampling, flips, initialisation).
+Each cell is the mean and std over ``num_seeds`` seeds (pair sampling, flips, initialisation), whose
+reward heads train side by side in one vmapped program.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ def fit_head(config: RMNoiseConfig, key, loss: str, chosen, rejected):
     return params
 
 
+def fit_heads_over_seeds(config: RMNoiseConfig, method: str, keys, chosen, rejected):
+    """One head per seed, the seeds side by side in one vmapped program: ``keys [S]`` and pairs
+    ``chosen, rejected [S, P, d]`` -> the heads' parameters stacked ``[S, 1, ...]``."""
+    fit = jax.jit(jax.vmap(lambda key, c, r: fit_head(config, key, method, c, r)))
+    return fit(keys, jnp.asarray(chosen), jnp.asarray(rejected))
+
+
 def flip(key, chosen, rejected, rate):
     """Swap chosen and rejected of each pair with probability ``rate`` (label-flip noise)."""
     swap = jax.random.bernoulli(key, rate, (len(chosen),))
@@ -123,25 +131,35 @@ def synthetic_study(config: RMNoiseConfig, run: RunDir):
     embeddings = embed_sequences(graphdef, params, tokens, lengths, study.pooling, batch_size=256, starts=prompt_lens)
 
     accuracy, bon_gain = {}, {}
-    oracle_gain = []
-    for seed in range(config.num_seeds):
+    oracle_gain, seeds = [], []
+    for seed in range(config.num_seeds):  # each seed's split, held-out pairs and labelled pairs (host, cheap)
         key = jax.random.key(config.seed * 1000 + seed)
         split_key, pair_key, test_key, *method_keys = jax.random.split(key, 3 + len(config.methods))
         order = np.asarray(jax.random.permutation(split_key, len(tokens)))
         train, test = order[: len(order) // 2], order[len(order) // 2 :]
         train_x, test_x = standardize(embeddings[train], embeddings[test])
-        test_a, test_b = held_out_pairs(test_key, gold[test], prompt_ids[test])
         oracle = best_of_n_exact(jnp.asarray(gold[test]), jnp.asarray(gold[test]), study.best_of_n, jnp.asarray(prompt_ids[test]))
         oracle_gain.append(float(oracle[-1] - oracle[0]))
+        pairs = {}
         for noise in config.noise_levels:
             chosen, rejected, _ = simulate_preferences(
                 pair_key, jnp.asarray(gold[train]), jnp.asarray(prompt_ids[train]), study.num_pairs, study.beta_ann, noise
             )
-            chosen, rejected = np.asarray(chosen), np.asarray(rejected)
-            for method, method_key in zip(config.methods, method_keys):
-                head = fit_head(config, method_key, method, train_x[chosen], train_x[rejected])
-                reward = np.asarray(member_rewards(head, test_x)[0])
+            pairs[noise] = (train_x[np.asarray(chosen)], train_x[np.asarray(rejected)])
+        seeds.append({"test": test, "test_x": test_x, "held_out": held_out_pairs(test_key, gold[test], prompt_ids[test]),
+                      "method_keys": method_keys, "pairs": pairs})
+    for noise in config.noise_levels:
+        for m, method in enumerate(config.methods):
+            heads = fit_heads_over_seeds(
+                config, method, jnp.stack([s["method_keys"][m] for s in seeds]),
+                np.stack([s["pairs"][noise][0] for s in seeds]), np.stack([s["pairs"][noise][1] for s in seeds]),
+            )
+            for seed, s in enumerate(seeds):
+                head = jax.tree_util.tree_map(lambda x: x[seed], heads)
+                reward = np.asarray(member_rewards(head, s["test_x"])[0])
+                test_a, test_b = s["held_out"]
                 acc = float(np.mean(reward[test_a] > reward[test_b]))
+                test = s["test"]
                 curve = best_of_n_exact(jnp.asarray(reward), jnp.asarray(gold[test]), study.best_of_n, jnp.asarray(prompt_ids[test]))
                 accuracy.setdefault(method, {}).setdefault(noise, []).append(acc)
                 bon_gain.setdefault(method, {}).setdefault(noise, []).append(float(curve[-1] - curve[0]))
@@ -203,12 +221,17 @@ def hh_study(config: RMNoiseConfig, run: RunDir):
     train_c, train_r, test_c, test_r = (embed(s, side) for s in ("train", "test") for side in ("chosen", "rejected"))
     train_c, train_r, test_c, test_r = standardize(train_c, train_r, test_c, test_r)
     accuracy = {}
-    for seed in range(config.num_seeds):
-        flip_key, *method_keys = jax.random.split(jax.random.key(config.seed * 1000 + seed + 17), 1 + len(config.methods))
-        for noise in config.noise_levels:
-            chosen, rejected = flip(flip_key, train_c, train_r, noise)
-            for method, method_key in zip(config.methods, method_keys):
-                head = fit_head(config, method_key, method, chosen, rejected)
+    # Per seed: one flip key (shared by the noise levels) and one key per method.
+    keys = jnp.stack([
+        jax.random.split(jax.random.key(config.seed * 1000 + seed + 17), 1 + len(config.methods)) for seed in range(config.num_seeds)
+    ])
+    for noise in config.noise_levels:
+        flipped = [flip(keys[seed, 0], train_c, train_r, noise) for seed in range(config.num_seeds)]
+        chosen, rejected = np.stack([c for c, _ in flipped]), np.stack([r for _, r in flipped])
+        for m, method in enumerate(config.methods):
+            heads = fit_heads_over_seeds(config, method, keys[:, 1 + m], chosen, rejected)
+            for seed in range(config.num_seeds):
+                head = jax.tree_util.tree_map(lambda x: x[seed], heads)
                 acc = float(jnp.mean(member_rewards(head, test_c)[0] > member_rewards(head, test_r)[0]))
                 accuracy.setdefault(method, {}).setdefault(noise, []).append(acc)
                 run.log(seed, study="hh", method=method, noise=noise, accuracy=acc)

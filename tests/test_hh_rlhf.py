@@ -20,6 +20,13 @@ def test_gpu_preset_changes_only_fields_left_at_their_defaults():
         apply_preset(HHRLHFConfig(preset="tpu"))
 
 
+def test_a_missing_pairs_file_is_an_error_naming_it(tmp_path, capsys):
+    """Without pairs.jsonl[.gz] in manual_dir the run stops before any model is loaded, with
+    a message naming the file it looked for (not a bare StopIteration)."""
+    assert main(["run", "hh_rlhf", "--out", str(tmp_path / "run"), "--set", f"manual_dir={tmp_path}", "steps=1"]) != 0
+    assert f"{tmp_path}/pairs.jsonl.gz" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.heavy  # the real model's RL path runs in tests/test_examples.py::test_pretrained_lora_rl
 def test_smoke_run_on_the_real_model(tmp_path):

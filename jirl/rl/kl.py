@@ -18,12 +18,14 @@ controllers in ``KL_CONTROLLERS`` (``fixed``, ``adaptive``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jirl.config import ConfigError
 from jirl.registry import Registry
 
 KLEstimator = Callable[[jax.Array], jax.Array]
@@ -229,3 +231,22 @@ class AdaptiveKLController:
         error = jnp.clip(observed_kl / self.target - 1.0, -self.max_error, self.max_error)
         multiplier = 1.0 + error * n_steps / self.horizon
         return KLControllerState(coef=(state.coef * multiplier).astype(state.coef.dtype))
+
+
+def kl_controller(name: str, coef: float, options=None):
+    """The controller registered as ``name`` starting at coefficient ``coef``, with its other
+    hyper-parameters from ``options`` (``{"target": 6.0, "horizon": 10000}`` for ``adaptive``).
+    An option the controller does not have is a ``ConfigError`` naming the valid ones."""
+    cls = KL_CONTROLLERS.get(name)
+    start = "coef" if cls is FixedKLController else "init_coef"  # the coefficient comes from kl_coef
+    valid = [field.name for field in dataclasses.fields(cls) if field.name != start]
+    unknown = sorted(set(options or {}) - set(valid))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"KL controller {name!r} has no option {unknown[0]!r}.{hint} Its options are: {', '.join(sorted(valid)) or '(none)'}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name in valid and f.name not in (options or {})
+               and f.default is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"KL controller {name!r} needs the option(s) {', '.join(missing)} (e.g. rl.kl_controller_options.{missing[0]}=...)")
+    return cls(**{start: coef}, **dict(options or {}))

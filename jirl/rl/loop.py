@@ -32,7 +32,7 @@ from typing import Annotated, Any, Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from jirl.config import ConfigError, at_least, finite, non_negative, positive, probability, registered
 from jirl.mdp.env import sequence_rewards
@@ -40,10 +40,10 @@ from jirl.mdp.responses import sample_groups
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.scoring import gather_response, response_log_probs
 from jirl.rl.advantages import ADVANTAGES, advantage_fn, check_rewards, gae_returns
-from jirl.rl.kl import kl_loss_terms, kl_penalized_rewards, kl_terms
+from jirl.rl.kl import KL_CONTROLLERS, KLControllerState, kl_controller, kl_loss_terms, kl_penalized_rewards, kl_terms
 from jirl.rl.policy_losses import POLICY_LOSSES, aggregate, clipped_value_terms, masked_mean, policy_loss_fn
 from jirl.train.loop import NonFiniteLossError
-from jirl.train.step import update_fn
+from jirl.train.step import TrainState, update_fn
 
 
 @dataclasses.dataclass
@@ -65,6 +65,12 @@ class RLConfig:
     kl_coef: Annotated[float, finite, non_negative] = 0.0  # beta of J = E[R] - beta KL(pi || pi_ref)
     kl_in: Literal["reward", "loss"] = "reward"
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    # How the coefficient moves between iterations (KL_CONTROLLERS): "fixed" keeps kl_coef;
+    # "adaptive" (Ziegler et al. 2019) starts at kl_coef and steers the KL towards a target, e.g.
+    # --set rl.kl_controller=adaptive rl.kl_controller_options.target=6; its coefficient lives in
+    # the update state (init_rl_state).
+    kl_controller: Annotated[str, registered(KL_CONTROLLERS)] = "fixed"
+    kl_controller_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     temperature: Annotated[float, finite, positive] = 1.0
     gamma: Annotated[float, probability] = 1.0  # GAE discount (token-level MDP: no discounting)
     lam: Annotated[float, probability] = 0.95  # GAE lambda
@@ -76,16 +82,42 @@ class RLConfig:
     advantage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        """Minibatches must split an iteration's samples evenly; the options must be the loss's
-        and the estimator's."""
+        """Minibatches must split an iteration's samples evenly; the options must be the loss's,
+        the estimator's and the KL controller's."""
         policy_loss_fn(self.policy_loss, self.policy_loss_options)
         advantage_fn(self.advantage, self.advantage_options)
+        self.controller()
         rows = self.prompts_per_iteration * self.group_size
         if rows % self.minibatches:
             raise ConfigError(
                 f"minibatches={self.minibatches} does not divide the {rows} samples of an iteration "
                 f"(prompts_per_iteration x group_size); pick a divisor of {rows}"
             )
+
+    def controller(self):
+        """The KL coefficient's controller (``jirl.rl.kl.kl_controller``), starting at ``kl_coef``."""
+        return kl_controller(self.kl_controller, self.kl_coef, self.kl_controller_options)
+
+
+@struct.dataclass
+class RLState:
+    """The state of an RL run whose KL coefficient moves (``kl_controller="adaptive"``): the
+    policy's ``TrainState`` and the controller's ``KLControllerState``. ``init_rl_state``
+    builds it; ``make_rl_update``'s ``update`` takes it or a bare ``TrainState`` (a fixed
+    coefficient, ``kl_coef``)."""
+
+    train: TrainState
+    kl: KLControllerState
+
+    @property
+    def full_params(self):
+        """The policy's (and critic's) parameters, as ``TrainState.full_params``."""
+        return self.train.full_params
+
+
+def init_rl_state(train_state: TrainState, config: RLConfig) -> RLState:
+    """``train_state`` with the KL controller's initial state (coefficient ``kl_coef``)."""
+    return RLState(train=train_state, kl=config.controller().init())
 
 
 def critic_values(critic_graphdef, critic_params, tokens, prompt_lens, horizon):
@@ -107,7 +139,9 @@ def rl_loss(graphdef, config: RLConfig, horizon: int, critic_graphdef=None) -> C
         mask = batch["mask"]
         terms, metrics = policy_loss(log_probs, batch["old_log_probs"], batch["advantages"], mask)
         if config.kl_in == "loss" and config.kl_coef:
-            terms = terms + config.kl_coef * kl_loss_terms(log_probs, batch["ref_log_probs"], config.kl_estimator)
+            # Each row carries the coefficient it was collected with (it moves under a controller).
+            coef = batch["kl_coef"][:, None] if "kl_coef" in batch else config.kl_coef
+            terms = terms + coef * kl_loss_terms(log_probs, batch["ref_log_probs"], config.kl_estimator)
         if critic_graphdef is not None:
             values = critic_values(critic_graphdef, params["critic"], batch["tokens"], batch["prompt_len"], horizon)
             value_terms, _ = clipped_value_terms(values, batch["old_values"], batch["returns"], config.value_clip)
@@ -118,27 +152,33 @@ def rl_loss(graphdef, config: RLConfig, horizon: int, critic_graphdef=None) -> C
     return loss_fn
 
 
-def score_responses(out, task, graphdef, ref_params, config: RLConfig, reward_fn=None):
+def score_responses(out, task, graphdef, ref_params, config: RLConfig, reward_fn=None, kl_coef=None):
     """Rewards ``[B, T]`` of sampled responses, the same minus the per-token KL to the
-    reference when ``kl_in == "reward"`` (the "shaped" rewards the advantages see), and the
-    reference log-probs. ``reward_fn`` defaults to the task's gold reward."""
+    reference times ``kl_coef`` (default ``config.kl_coef``) when ``kl_in == "reward"`` (the
+    "shaped" rewards the advantages see), and the reference log-probs. ``reward_fn`` defaults
+    to the task's gold reward."""
     reward_fn = reward_fn or (lambda t, p, r: sequence_rewards(task, t, p, r))
     rewards = reward_fn(out.tokens, out.prompt_lens, out.response_lens)
     check_rewards(rewards, out.response_mask)
     ref_log_probs = response_log_probs(graphdef, ref_params, out.tokens, out.prompt_lens, task.horizon, config.temperature)
     shaped = rewards
     if config.kl_in == "reward" and config.kl_coef:
-        shaped = kl_penalized_rewards(rewards, out.log_probs, ref_log_probs, out.response_mask, config.kl_coef, config.kl_estimator)
+        coef = config.kl_coef if kl_coef is None else kl_coef
+        shaped = kl_penalized_rewards(rewards, out.log_probs, ref_log_probs, out.response_mask, coef, config.kl_estimator)
     return rewards, shaped, ref_log_probs
 
 
-def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn=None, critic=None) -> tuple[dict, dict]:
+def collect(
+    key, task, graphdef, params, ref_params, config: RLConfig, reward_fn=None, critic=None, kl_coef=None
+) -> tuple[dict, dict]:
     """Sample a batch of responses and compute everything the update needs.
 
     ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
     reward (``jirl.rewards.models.reward_model_rewards`` wraps a learned reward model).
     ``critic = (critic_graphdef, critic_params)`` adds the values and GAE returns the value
     loss needs; ``advantage="remax"`` also decodes each prompt greedily for the baseline.
+    ``kl_coef`` (a scalar, possibly traced: a controller's current coefficient) replaces
+    ``config.kl_coef``; ``batch["kl_coef"]`` holds it per row for a KL in the loss.
     Returns the batch and sampling metrics, all device arrays: ``collect`` is a pure function
     of its array arguments (jittable, and vmappable over seeds when ``reward_fn`` is), and
     ``batch["rewards"]`` keeps the rewards before the KL penalty (auxiliary models such as a
@@ -146,18 +186,20 @@ def collect(key, task, graphdef, params, ref_params, config: RLConfig, reward_fn
     """
     out, unique_prompts, unique_lens = sample_groups(task, graphdef, params, key, config.prompts_per_iteration, config.group_size, config.temperature)
     group_ids = jnp.repeat(jnp.arange(config.prompts_per_iteration), config.group_size)
-    rewards, shaped, ref_log_probs = score_responses(out, task, graphdef, ref_params, config, reward_fn)
+    rewards, shaped, ref_log_probs = score_responses(out, task, graphdef, ref_params, config, reward_fn, kl_coef)
     mask = out.response_mask
     batch = {
         "tokens": out.tokens, "prompt_len": out.prompt_lens, "mask": mask, "old_log_probs": out.log_probs,
         "ref_log_probs": ref_log_probs, "rewards": rewards,
     }
+    if kl_coef is not None:
+        batch["kl_coef"] = jnp.full(mask.shape[:1], kl_coef, jnp.float32)
     baseline = {}
     if config.advantage == "remax":
         # ReMax's baseline: the (shaped) return of the greedy response to the same prompt.
         greedy_sampling = SamplingConfig(max_new_tokens=task.horizon, eos_id=task.eos_id, temperature=config.temperature, greedy=True)
         greedy = generate(graphdef, params, unique_prompts, unique_lens, key, greedy_sampling)
-        _, greedy_shaped, _ = score_responses(greedy, task, graphdef, ref_params, config, reward_fn)
+        _, greedy_shaped, _ = score_responses(greedy, task, graphdef, ref_params, config, reward_fn, kl_coef)
         baseline = {
             "baseline_rewards": jnp.repeat(greedy_shaped, config.group_size, axis=0),
             "baseline_mask": jnp.repeat(greedy.response_mask, config.group_size, axis=0),
@@ -223,6 +265,11 @@ def make_rl_update(
     (state, metrics)``: ``collect`` a batch, then ``make_minibatch_update``'s epochs x
     minibatches of the policy loss (``rl_loss``).
 
+    ``state`` is a ``TrainState`` (the KL coefficient fixed at ``kl_coef``) or an ``RLState``
+    (``init_rl_state``), whose controller state sets the coefficient of this iteration and is
+    then updated from its KL (``kl_controller``; metric ``kl_coef``). A moving controller
+    needs the ``RLState``.
+
     ``reward_fn(tokens, prompt_lens, response_lens) -> [B, T]`` defaults to the task's gold
     reward; passing one to ``update`` itself lets a caller build it inside its own trace from
     traced arrays (a discriminator's current parameters, one ensemble member per vmapped
@@ -240,14 +287,31 @@ def make_rl_update(
         train_on_batch = jax.jit(train_on_batch, donate_argnums=0)
     default_reward_fn = reward_fn
 
+    controller = config.controller()
+
     def update(state, ref_params, key, reward_fn=None):
+        moving = isinstance(state, RLState)
+        if not moving and config.kl_controller != "fixed":
+            raise ConfigError(
+                f"kl_controller={config.kl_controller!r} carries its coefficient in the update state: pass "
+                "init_rl_state(train_state, config) instead of a bare TrainState"
+            )
+        train_state = state.train if moving else state
+        kl_coef = state.kl.coef if moving else None
         collect_key, shuffle_key = jax.random.split(key)
-        params, critic = state.full_params, None
+        params, critic = train_state.full_params, None
         if critic_graphdef is not None:
             critic, params = (critic_graphdef, params["critic"]), params["policy"]
-        batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn or default_reward_fn, critic)
-        state, update_metrics = train_on_batch(state, batch, shuffle_key)
-        return state, {**metrics, **{f"update/{k}": v for k, v in update_metrics.items()}}
+        batch, metrics = collect(collect_key, task, graphdef, params, ref_params, config, reward_fn or default_reward_fn, critic, kl_coef)
+        train_state, update_metrics = train_on_batch(train_state, batch, shuffle_key)
+        metrics = {**metrics, **{f"update/{k}": v for k, v in update_metrics.items()}}
+        if not moving:
+            return train_state, metrics
+        # The coefficient for the next iteration, from this batch's KL (Ziegler et al. 2019:
+        # n_steps counts the samples seen).
+        metrics["kl_coef"] = state.kl.coef
+        kl_state = controller.update(state.kl, metrics["kl_to_reference"], n_steps=batch["mask"].shape[0])
+        return RLState(train=train_state, kl=kl_state), metrics
 
     return update
 
