@@ -1,8 +1,6 @@
 """Pools of a policy's responses to a task's prompts, with their gold returns: the samples a
 study labels preferences on, runs best-of-n over or evaluates a policy with."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax

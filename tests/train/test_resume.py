@@ -16,9 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments.quickstart import QuickstartConfig
 from jirl.cli import main
-from jirl.config import apply_overrides, config_to_dict
 from jirl.experiment import RunDir
 from jirl.models.transformer import Transformer, llama_tiny
 from jirl.train.checkpoint import CheckpointManager
