@@ -101,11 +101,11 @@ def fit_head(config: RMNoiseConfig, key, loss: str, chosen, rejected):
     return params
 
 
-def fit_heads_over_seeds(config: RMNoiseConfig, method: str, keys, chosen, rejected):
-    """One head per seed, the seeds side by side in one vmapped program: ``keys [S]`` and pairs
-    ``chosen, rejected [S, P, d]`` -> the heads' parameters stacked ``[S, 1, ...]``."""
-    fit = jax.jit(jax.vmap(lambda key, c, r: fit_head(config, key, method, c, r)))
-    return fit(keys, jnp.asarray(chosen), jnp.asarray(rejected))
+def seed_fitters(config: RMNoiseConfig) -> dict:
+    """``{method: fit(keys, chosen, rejected)}``: one head per seed, the seeds side by side in one
+    vmapped program (``keys [S]``, pairs ``chosen, rejected [S, P, d]`` -> the heads' parameters
+    stacked ``[S, 1, ...]``), compiled once per method and reused by every noise level."""
+    return {method: jax.jit(jax.vmap(lambda key, c, r, method=method: fit_head(config, key, method, c, r))) for method in config.methods}
 
 
 def flip(key, chosen, rejected, rate):
@@ -148,10 +148,11 @@ def synthetic_study(config: RMNoiseConfig, run: RunDir):
             pairs[noise] = (train_x[np.asarray(chosen)], train_x[np.asarray(rejected)])
         seeds.append({"test": test, "test_x": test_x, "held_out": held_out_pairs(test_key, gold[test], prompt_ids[test]),
                       "method_keys": method_keys, "pairs": pairs})
+    fit = seed_fitters(config)
     for noise in config.noise_levels:
         for m, method in enumerate(config.methods):
-            heads = fit_heads_over_seeds(
-                config, method, jnp.stack([s["method_keys"][m] for s in seeds]),
+            heads = fit[method](
+                jnp.stack([s["method_keys"][m] for s in seeds]),
                 np.stack([s["pairs"][noise][0] for s in seeds]), np.stack([s["pairs"][noise][1] for s in seeds]),
             )
             for seed, s in enumerate(seeds):
@@ -225,11 +226,12 @@ def hh_study(config: RMNoiseConfig, run: RunDir):
     keys = jnp.stack([
         jax.random.split(jax.random.key(config.seed * 1000 + seed + 17), 1 + len(config.methods)) for seed in range(config.num_seeds)
     ])
+    fit = seed_fitters(config)
     for noise in config.noise_levels:
         flipped = [flip(keys[seed, 0], train_c, train_r, noise) for seed in range(config.num_seeds)]
         chosen, rejected = np.stack([c for c, _ in flipped]), np.stack([r for _, r in flipped])
         for m, method in enumerate(config.methods):
-            heads = fit_heads_over_seeds(config, method, keys[:, 1 + m], chosen, rejected)
+            heads = fit[method](keys[:, 1 + m], chosen, rejected)
             for seed in range(config.num_seeds):
                 head = jax.tree_util.tree_map(lambda x: x[seed], heads)
                 acc = float(jnp.mean(member_rewards(head, test_c)[0] > member_rewards(head, test_r)[0]))

@@ -18,7 +18,6 @@ controllers in ``KL_CONTROLLERS`` (``fixed``, ``adaptive``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Callable
 
 import jax
@@ -179,6 +178,7 @@ class KLControllerState:
     coef: jax.Array
 
 
+# A controller is a frozen dataclass whose first field is the starting coefficient (kl_controller).
 KL_CONTROLLERS: Registry[type] = Registry("KL controller")
 
 
@@ -234,19 +234,17 @@ class AdaptiveKLController:
 
 
 def kl_controller(name: str, coef: float, options=None):
-    """The controller registered as ``name`` starting at coefficient ``coef``, with its other
-    hyper-parameters from ``options`` (``{"target": 6.0, "horizon": 10000}`` for ``adaptive``).
-    An option the controller does not have is a ``ConfigError`` naming the valid ones."""
+    """The controller registered as ``name`` starting at coefficient ``coef`` (a controller's
+    first field), with its other fields from ``options`` (``{"target": 6.0, "horizon": 10000}``
+    for ``adaptive``). An unknown or missing option is a ``ConfigError`` naming the valid ones."""
     cls = KL_CONTROLLERS.get(name)
-    start = "coef" if cls is FixedKLController else "init_coef"  # the coefficient comes from kl_coef
-    valid = [field.name for field in dataclasses.fields(cls) if field.name != start]
-    unknown = sorted(set(options or {}) - set(valid))
+    start, *rest = dataclasses.fields(cls)
+    options = dict(options or {})
+    valid = [field.name for field in rest]
+    unknown = [key for key in options if key not in valid]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], valid, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"KL controller {name!r} has no option {unknown[0]!r}.{hint} Its options are: {', '.join(sorted(valid)) or '(none)'}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name in valid and f.name not in (options or {})
-               and f.default is dataclasses.MISSING]
+        raise ConfigError(KL_CONTROLLERS.unknown_option_message(name, unknown[0], valid))
+    missing = [field.name for field in rest if field.name not in options and field.default is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"KL controller {name!r} needs the option(s) {', '.join(missing)} (e.g. rl.kl_controller_options.{missing[0]}=...)")
-    return cls(**{start: coef}, **dict(options or {}))
+    return cls(**{start.name: coef}, **options)

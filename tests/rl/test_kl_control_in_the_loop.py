@@ -75,7 +75,7 @@ def test_a_moving_controller_needs_its_state_and_its_options():
     update = make_rl_update(TASK, GRAPHDEF, optax.sgd(0.1), ADAPTIVE)
     with pytest.raises(ConfigError, match="init_rl_state"):
         update(init_train_state(PARAMS, optax.sgd(0.1), jax.random.key(0)), PARAMS, jax.random.key(1))
-    with pytest.raises(ConfigError, match="has no option 'targt'. Did you mean 'target'.*horizon, max_error, target"):
+    with pytest.raises(ConfigError, match="has no option 'targt'. Did you mean 'target'.*Its options are: horizon, max_error, target"):
         dataclasses.replace(ADAPTIVE, kl_controller_options={"targt": 1.0}).validate()
     with pytest.raises(ConfigError, match="needs the option.*target"):
         dataclasses.replace(ADAPTIVE, kl_controller_options={}).validate()
