@@ -12,8 +12,9 @@
 4. The exact oracle scores every policy: gold reward and KL(pi_E || pi) for the expert, the
    SFT policy, the IRL policy, the exact optimum of the learned reward and the untrained
    reference, printed as a table and plotted.
-5. Steps 1-4 again at ``seed + 1 ... seed + seeds - 1``: the summary ends with the IRL − SFT
-   gold-reward margin over seeds and whether it exceeds 3 standard deviations.
+5. Steps 1-4 at ``seed, seed + 1, ..., seed + seeds - 1`` side by side (SFT and RL vmapped
+   over the seeds): the summary ends with the IRL − SFT gold-reward margin over seeds and
+   whether it exceeds 3 standard deviations.
 
     jirl run quickstart --set train.steps=500 --set task.name=gold_rm
     jirl run quickstart --set irl=afd --set settings.afd.variant=init_demo
@@ -31,24 +32,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from rich.progress import track
 from rich.table import Table
 
 from jirl.config import ConfigError, at_least, finite, positive, registered
 from jirl.data.builders import TaskDemonstrations, data_source, prepare
-from jirl.data.loader import batch_iterator
+from jirl.data.loader import batch_iterator, batch_order
 from jirl.eval.exact import exact_evaluator
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp import oracle
 from jirl.mdp.tasks import TaskConfig, build_task
 from jirl.models.scoring import logits_fn
 from jirl.models.transformer import ModelSize, Transformer
-from jirl.train.loop import TrainConfig, fit, make_optimizer
+from jirl.train.loop import NonFiniteLossError, TrainConfig, fit, make_optimizer, scan_updates
+from jirl.train.seeds import member, stack_members
 from jirl.train.sft import sft_loss
-from jirl.train.step import init_train_state, make_update_step
+from jirl.train.step import init_train_state, make_update_step, update_fn
 from jirl.config import config_to_dict
 from jirl.irl.methods import IRL_METHODS, IRLContext, IRLSettings, check_demonstrations
-from jirl.mdp.demonstrations import Demonstrations
-from jirl.rl.loop import RLConfig, init_rl_state, make_rl_iteration
+from jirl.mdp.demonstrations import Demonstrations, from_optimum
+from jirl.rl.loop import RLConfig, check_update_metrics, init_rl_state, make_rl_iteration, make_rl_update
 
 
 @dataclasses.dataclass
@@ -73,8 +76,9 @@ class QuickstartConfig:
     rl: RLConfig = dataclasses.field(default_factory=lambda: RLConfig(advantage="rloo", prompts_per_iteration=16, group_size=8))
     rl_iterations: Annotated[int, at_least(1)] = 150
     rl_learning_rate: Annotated[float, finite, positive] = 1e-3
-    # The pipeline also runs at seed + 1, ..., seed + seeds - 1 (data, initialisation and RL all
-    # reseeded; each in <run>/seeds/seed<N>), and the summary reports IRL − SFT over all of them.
+    # The pipeline also runs at seed, seed + 1, ..., seed + seeds - 1 (data, initialisation and RL
+    # all reseeded) as one program vmapped over the seeds, and the summary reports IRL − SFT over
+    # all of them.
     seeds: Annotated[int, at_least(1)] = 5
 
 
@@ -93,26 +97,90 @@ def run(config: QuickstartConfig, run: RunDir) -> dict:
 
 
 def seed_study(config: QuickstartConfig, run: RunDir, first: dict) -> dict:
-    """The pipeline again at ``seed + 1 ... seed + seeds - 1``, each in ``seeds/seed<N>``; the
-    gold rewards of SFT and (with IRL) the IRL policy per seed, and the IRL − SFT margin as mean
-    and sample std over all seeds."""
+    """The pipeline at ``seed, seed + 1, ..., seed + seeds - 1`` side by side: each seed's
+    demonstrations (the rows its ``TaskDemonstrations`` dataset would hold, in its loader's
+    batch order), SFT and RL run as one ``jax.vmap``-ed program over the seeds; the IRL method
+    is called once per seed (a method is a host-level function of one seed's context). The
+    gold rewards of SFT and (with IRL) the IRL policy per seed, the IRL − SFT margin as mean and
+    sample std over the seeds, and how far the study's first seed lands from the pipeline run
+    above at the same seed (``first``: the same computation, rounded differently)."""
     seeds = [config.seed + k for k in range(config.seeds)]
-    per_seed = [first]
-    for seed in seeds[1:]:
-        folder = run.path / "seeds" / f"seed{seed}"
-        folder.mkdir(parents=True, exist_ok=True)
-        run.console.print(f"quickstart: seed {seed} ({len(per_seed) + 1} of {len(seeds)}) in {folder}")
-        sub = RunDir(folder, console=run.console, resume=run.resume and (folder / "checkpoints").exists())
-        per_seed.append(run_pipeline(dataclasses.replace(config, seed=seed, data_dir=""), sub))
-    study = {"seeds": seeds, "sft_gold": [r["gold_reward"]["sft_policy"] for r in per_seed]}
-    if "irl" in first:
-        study["irl_gold"] = [r["irl"]["policy"]["gold_reward"] for r in per_seed]
-        margins = np.asarray(study["irl_gold"]) - np.asarray(study["sft_gold"])
-        study["irl_minus_sft"] = {
-            "mean": float(np.mean(margins)), "std": float(np.std(margins, ddof=1)) if len(margins) > 1 else 0.0,
-            "count": len(margins), "per_seed": margins.tolist(),
-        }
+    task = build_task(config.task)
+    spec = task.tree_spec()
+    rewards = oracle.rewards_from_step_fn(spec, task.step_reward)
+    expert = oracle.solve(spec, oracle.uniform_log_probs(spec), rewards, config.expert_beta)
+    run.console.print(f"quickstart: seeds {seeds} side by side (vmapped)")
+
+    # 1. Demonstrations: TaskDemonstrations(seed) holds from_optimum at split(key(seed))[0].
+    train_keys = jnp.stack([jax.random.split(jax.random.key(seed))[0] for seed in seeds])
+    demos = jax.vmap(lambda key: from_optimum(task, key, config.num_demos, config.expert_beta))(train_keys)
+    data = {"tokens": demos.tokens, "prompt_len": demos.prompt_lens, "response_len": demos.response_lens}
+
+    # 2. SFT: the pipeline's update step, scanned over each seed's loader order.
+    model_config = config.model.build(task.vocab_size, max_len=task.prompt_width + task.horizon)
+    graphdef, _ = nnx.split(Transformer(model_config, rngs=nnx.Rngs(0)))
+    init_params = stack_members([nnx.split(Transformer(model_config, rngs=nnx.Rngs(seed)))[1] for seed in seeds])
+    optimizer = make_optimizer(config.train)
+    states = jax.vmap(lambda params, key: init_train_state(params, optimizer, key))(init_params, jnp.stack([jax.random.key(s) for s in seeds]))
+    orders = np.stack([batch_order(config.num_demos, config.train.batch_size, config.train.steps, seed=seed) for seed in seeds])
+    step = update_fn(sft_loss(graphdef), optimizer, config.train.accumulation_steps)
+    states, metrics = jax.jit(jax.vmap(lambda state, data, order: scan_updates(step, state, data, order)))(states, data, orders)
+    if np.any(np.asarray(metrics["nonfinite"])):
+        raise NonFiniteLossError("quickstart seed study: the SFT loss became NaN/inf; lower train.learning_rate")
+    sft_params = states.full_params
+    evaluate = exact_evaluator(spec, graphdef, expert.log_probs, rewards)
+    study = {"seeds": seeds, "sft_gold": [evaluate(member(sft_params, i))["gold_reward"] for i in range(len(seeds))]}
+    if config.irl == "none":
+        return with_first_seed_check(study, first)
+
+    # 3. IRL per seed, then RL against each seed's reward, the seeds vmapped.
+    learned = []
+    for i, seed in enumerate(seeds):
+        seed_demos = Demonstrations(demos.tokens[i], demos.prompt_lens[i], demos.response_lens[i], jnp.zeros((config.num_demos, 0)))
+        context = IRLContext(task, seed_demos, graphdef, model_config, member(init_params, i), member(sft_params, i), jax.random.key(seed + 1), spec)
+        learned.append(IRL_METHODS.get(config.irl)(context, getattr(config.settings, config.irl)))
+    rl, optimizer = rl_setup(config, learned[0].beta)
+    rl_states = stack_members([
+        init_rl_state(init_train_state(member(sft_params, i), optimizer, jax.random.key(seed + 2)), dataclasses.replace(rl, kl_coef=learned[i].beta))
+        for i, seed in enumerate(seeds)
+    ])
+    update = make_rl_update(task, graphdef, optimizer, rl)
+    reward_model = learned[0].reward_model  # the same function for every seed; the parameters differ
+
+    def seed_update(state, reference, reward_params, key):
+        return update(state, reference, key, reward_fn=reward_model(reward_params))
+
+    seeds_update = jax.jit(jax.vmap(seed_update), donate_argnums=0)
+    references, reward_params = stack_members([r.reference for r in learned]), stack_members([r.reward_params for r in learned])
+    for iteration in track(range(1, config.rl_iterations + 1), description="RL, seeds vmapped", console=run.console):
+        keys = jnp.stack([jax.random.fold_in(jax.random.key(seed + 3), iteration) for seed in seeds])
+        rl_states, metrics = seeds_update(rl_states, references, reward_params, keys)
+        check_update_metrics(jax.device_get(metrics), "quickstart seed study")
+    study["irl_gold"] = [evaluate(member(rl_states.full_params, i))["gold_reward"] for i in range(len(seeds))]
+    margins = np.asarray(study["irl_gold"]) - np.asarray(study["sft_gold"])
+    study["irl_minus_sft"] = {
+        "mean": float(np.mean(margins)), "std": float(np.std(margins, ddof=1)) if len(margins) > 1 else 0.0,
+        "count": len(margins), "per_seed": margins.tolist(),
+    }
+    return with_first_seed_check(study, first)
+
+
+def with_first_seed_check(study: dict, first: dict) -> dict:
+    """Record the study's first seed beside the pipeline's run at that seed: the same data,
+    initialisation, batch order and keys, run by ``fit`` and the RL loop one step at a time
+    instead of vmapped, so they differ by float rounding only (RL sampling can amplify it)."""
+    check = {"sft_gold": [first["gold_reward"]["sft_policy"], study["sft_gold"][0]]}
+    if "irl_gold" in study:
+        check["irl_gold"] = [first["irl"]["policy"]["gold_reward"], study["irl_gold"][0]]
+    study["first_seed_pipeline_vs_study"] = check
     return study
+
+
+def rl_setup(config: QuickstartConfig, beta: float):
+    """The RL stage's config (the KL coefficient at the IRL method's ``beta``) and optimizer."""
+    rl = dataclasses.replace(config.rl, kl_coef=beta)
+    steps = config.rl_iterations * rl.epochs * rl.minibatches
+    return rl, optax.adam(optax.cosine_decay_schedule(config.rl_learning_rate, steps, alpha=0.1))
 
 
 def run_pipeline(config: QuickstartConfig, run: RunDir) -> dict:
@@ -187,8 +255,7 @@ def run_irl(run: RunDir, config: QuickstartConfig, context: IRLContext, evaluate
     settings = getattr(config.settings, config.irl)
     learned = IRL_METHODS.get(config.irl)(context, settings)
     task, graphdef = context.task, context.graphdef
-    rl = dataclasses.replace(config.rl, kl_coef=learned.beta)
-    optimizer = optax.adam(optax.cosine_decay_schedule(config.rl_learning_rate, config.rl_iterations * rl.epochs * rl.minibatches, alpha=0.1))
+    rl, optimizer = rl_setup(config, learned.beta)
     state = init_rl_state(init_train_state(context.sft_params, optimizer, jax.random.key(config.seed + 2)), rl)  # rl.kl_controller may move beta
     rl_iteration = make_rl_iteration(task, graphdef, optimizer, rl, reward_fn=learned.reward_fn)
     log = run.path / "irl_metrics.jsonl"

@@ -42,18 +42,30 @@ class IRLContext:
 
 @dataclasses.dataclass
 class LearnedReward:
-    """What an IRL method returns: ``reward_fn(tokens, prompt_lens, response_lens) -> [B,
-    horizon]`` for the RL loop, the ``reference`` parameters and KL coefficient ``beta`` at which
-    the KL-regularised optimum of that reward is the expert (if the reward is exact), the reward
-    on the oracle's tree (``tree``, when the task is enumerable), the policy trained along the
-    way (``policy``; GAIL, AIRL) and training metrics (``info``)."""
+    """What an IRL method returns: the learned reward as a function of its parameters,
+    ``reward_model(reward_params) -> reward_fn`` with ``reward_fn(tokens, prompt_lens,
+    response_lens) -> [B, horizon]`` for the RL loop (``reward_fn`` applies it), the
+    ``reference`` parameters and KL coefficient ``beta`` at which the KL-regularised optimum of
+    that reward is the expert (if the reward is exact), the reward on the oracle's tree
+    (``tree``, when the task is enumerable), the policy trained along the way (``policy``; GAIL,
+    AIRL) and training metrics (``info``).
 
-    reward_fn: Callable  # the RL loop's reward: (tokens, prompt_lens, response_lens) -> [B, horizon]
+    ``reward_model`` depends on the method's settings only, never on the seed, so the rewards
+    of several seeds run side by side as one ``reward_model`` over their stacked
+    ``reward_params`` (``jax.vmap``)."""
+
+    reward_model: Callable  # reward_params -> the RL loop's reward_fn(tokens, prompt_lens, response_lens) -> [B, horizon]
+    reward_params: Any  # the learned reward's parameters (a network's, or a reward tree)
     reference: Any  # parameters of the RL reference policy
     beta: float  # the KL coefficient at which the RL optimum is the expert, if the reward is exact
     tree: list | None = None  # the reward on the oracle's tree, where the task is enumerable
     policy: Any = None  # the policy the method trained along the way, if any (GAIL, AIRL)
     info: dict = dataclasses.field(default_factory=dict)  # training metrics worth reporting
+
+    @property
+    def reward_fn(self) -> Callable:
+        """The RL loop's reward: ``reward_model`` at this method's ``reward_params``."""
+        return self.reward_model(self.reward_params)
 
 
 IRL_METHODS: Registry[Callable[[IRLContext, Any], LearnedReward]] = Registry("IRL method")
@@ -95,7 +107,8 @@ def afd_method(context: IRLContext, settings) -> LearnedReward:
     task = context.task
     tree = sequence_reward_tree(context.spec, graphdef, params) if context.spec is not None else None
     return LearnedReward(
-        reward_fn=reward_model_rewards(graphdef, params, task.vocab_size, task.horizon),
+        reward_model=lambda reward_params: reward_model_rewards(graphdef, reward_params, task.vocab_size, task.horizon),
+        reward_params=params,
         reference=policies[negative],
         beta=1.0,
         tree=tree,
@@ -136,7 +149,8 @@ def maxent_method(context: IRLContext, settings: MaxEntConfig) -> LearnedReward:
     theta0 = [jnp.zeros(spec.tree_shape(t)) for t in range(spec.horizon)]
     result = maxent_irl(spec, occupancy, init_tree, 1.0, tabular_reward, theta0, settings.steps, settings.learning_rate, settings.l2)
     return LearnedReward(
-        reward_fn=tree_reward_fn(spec, result.rewards), reference=context.init_params, beta=1.0, tree=result.rewards,
+        reward_model=lambda reward_tree: tree_reward_fn(spec, reward_tree), reward_params=result.rewards,
+        reference=context.init_params, beta=1.0, tree=result.rewards,
         info={"log_likelihood": float(result.history["log_likelihood"][-1])},
     )
 
@@ -155,7 +169,8 @@ def spin_method(context: IRLContext, settings) -> LearnedReward:
         policy_tree = lambda p: oracle.log_probs_from_logits_fn(context.spec, logits_fn(context.graphdef, p))  # noqa: E731
         tree = [settings.beta * (a - b) for a, b in zip(policy_tree(final), policy_tree(previous))]
     return LearnedReward(
-        reward_fn=implicit_reward_fn(context.graphdef, final, previous, task.horizon, settings.beta),
+        reward_model=lambda pair: implicit_reward_fn(context.graphdef, pair[0], pair[1], task.horizon, settings.beta),
+        reward_params=(final, previous),
         reference=previous, beta=settings.beta, tree=tree, info={"iterations": settings.iterations},
     )
 
@@ -206,7 +221,7 @@ def iq_learn_method(context: IRLContext, settings: IQLearnConfig) -> LearnedRewa
     if context.spec is not None:
         tree = implicit_reward_tree(context.spec, q_tree_from_logits_fn(context.spec, logits_fn(context.graphdef, params)))
     return LearnedReward(
-        reward_fn=iq_reward_fn(context.graphdef, params, context.task.horizon),
+        reward_model=lambda q_params: iq_reward_fn(context.graphdef, q_params, context.task.horizon), reward_params=params,
         reference=uniform_reference(context.graphdef, context.init_params), beta=1.0, tree=tree,
         info={"alpha": settings.alpha},
     )
@@ -268,7 +283,7 @@ def airl_method(context: IRLContext, settings: AdversarialSettings) -> LearnedRe
     disc_graphdef, disc_params, policy, reference = run_adversarial(context, settings, "airl")
     tree = airl_reward_trees(context.spec, disc_graphdef, disc_params)["g"] if context.spec is not None else None
     return LearnedReward(
-        reward_fn=airl_rewards(disc_graphdef, disc_params, context.task.horizon, "g"),
+        reward_model=lambda params: airl_rewards(disc_graphdef, params, context.task.horizon, "g"), reward_params=disc_params,
         reference=reference, beta=1.0, tree=tree, policy=policy,
     )
 
@@ -282,7 +297,7 @@ def gail_method(context: IRLContext, settings: AdversarialSettings) -> LearnedRe
 
     disc_graphdef, disc_params, policy, reference = run_adversarial(context, settings, "gail")
     return LearnedReward(
-        reward_fn=gail_rewards(disc_graphdef, disc_params, context.task.horizon, "logit"),
+        reward_model=lambda params: gail_rewards(disc_graphdef, params, context.task.horizon, "logit"), reward_params=disc_params,
         reference=reference, beta=0.0, tree=None, policy=policy,
     )
 

@@ -241,6 +241,20 @@ def fit(
     return state
 
 
+def scan_updates(step_fn: Callable, state: TrainState, data: dict, order: jax.Array) -> tuple[TrainState, dict]:
+    """``len(order)`` updates of the pure ``step_fn`` (``jirl.train.step.update_fn``), update
+    ``i`` on the rows ``order[i]`` of the in-memory ``data`` (a dict of equal-length arrays), as
+    one ``lax.scan``. Returns the final state and every update's metrics stacked ``[steps]``. It
+    is pure: ``jax.vmap`` it over stacked states, data and orders to train seeds side by side
+    (``jirl.data.loader.batch_order`` gives a loader's order). A non-finite update is skipped
+    by the step itself; check ``metrics["nonfinite"]``."""
+
+    def body(state, index):
+        return step_fn(state, jax.tree_util.tree_map(lambda v: v[index], data))
+
+    return jax.lax.scan(body, state, order)
+
+
 def train_on_arrays(state: TrainState, step_fn: Callable, data: dict, steps: int, batch_size: int, seed: int) -> tuple[TrainState, dict]:
     """``steps`` updates on minibatches drawn without replacement (per batch) from in-memory
     ``data`` (a dict of equal-length arrays), for small datasets that need no loader,

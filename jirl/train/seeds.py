@@ -37,6 +37,17 @@ def init_members(init: Callable[[jax.Array], TrainState], keys: jax.Array, hyper
     return states
 
 
+def stack_members(trees: list):
+    """Pytrees of one structure (train states, parameters, reward trees) stacked leaf by leaf
+    along a new leading member axis: for members built on the host one at a time."""
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member(stacked, i: int):
+    """Member ``i`` of a stacked pytree (row ``i`` of every leaf)."""
+    return jax.tree_util.tree_map(lambda leaf: leaf[i], stacked)
+
+
 def set_hyperparams(opt_state, values: dict, num_members: int):
     """Replace ``opt_state.hyperparams[name]`` (found anywhere in a chain) with per-member values."""
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jirl.data import DataError, batch_iterator, pad_to_bucket
-from jirl.data.loader import bucket_width
+from jirl.data.loader import batch_order, bucket_width
 
 NUM_EXAMPLES = 20
 MAX_LEN = 8
@@ -147,3 +147,13 @@ def test_a_prepared_dataset_feeds_the_loader(tmp_path):
     restored = batch_iterator(source, 5, seed=0)
     restored.set_state(state)
     np.testing.assert_array_equal(next(restored)["tokens"], following["tokens"])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batch_order_replays_the_loaders_batches_across_epochs(shuffle):
+    """``batch_order`` gives the example indices of the loader's batches (7 batches of 6 over
+    20 examples: three epoch boundaries), read here from the examples themselves."""
+    batches = batch_iterator(make_source(), 6, seed=3, shuffle=shuffle)
+    expected = [ids(next(batches)) for _ in range(7)]
+    order = batch_order(NUM_EXAMPLES, 6, 7, seed=3, shuffle=shuffle)
+    assert order.shape == (7, 6) and order.tolist() == expected
