@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from jirl import __version__
-from jirl.config import JirlError, describe_fields
+from jirl.config import JirlError, config_to_yaml, describe_fields, field_comments
 from jirl.experiment import EXPERIMENTS, load_experiments, run_experiment
 from jirl.registry import UnknownNameError
 
@@ -157,10 +157,24 @@ def registered_names() -> dict[str, set[str]]:
     return names
 
 
+class DeferredHelp(argparse.Action):
+    """``-h``/``--help`` of ``jirl run``: keeps the sub-command's help text in the namespace and
+    lets parsing go on, so that ``run_command`` prints it with the config keys of the experiment
+    named on the same line, once the plugins (which may register it) are loaded."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None):
+        super().__init__(option_strings, dest, nargs=0, default=None, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        """Store ``parser``'s help text as the option's value."""
+        setattr(namespace, self.dest, parser.format_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``argparse`` parser of the ``jirl`` command: ``list``, ``show NAME`` and ``run NAME
-    [--set KEY=VALUE ...] [--out DIR] [--resume]``. Each sub-command stores its handler
-    (``list_command``, ``show_command``, ``run_command``) as ``args.command``."""
+    """The ``argparse`` parser of the ``jirl`` command: ``list``, ``show NAME [--format
+    table|yaml]`` and ``run NAME [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]``.
+    Each sub-command stores its handler (``list_command``, ``show_command``, ``run_command``) as
+    ``args.command``."""
     parser = argparse.ArgumentParser(prog="jirl", description=__doc__)
     parser.add_argument("--version", action="version", version=f"jirl {__version__}")
     plugin_help = (f"import this module or .py file first, so that what it registers can be used (repeatable; "
@@ -169,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE_OR_PATH", help=plugin_help)
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def add_command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help)
+    def add_command(name: str, help: str, **options) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, **options)
         sub.add_argument("--plugin", dest="sub_plugins", action="append", default=[], metavar="MODULE_OR_PATH", help=plugin_help)
         return sub
 
@@ -179,10 +193,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     show_parser = add_command("show", help="show an experiment's description and config")
     show_parser.add_argument("name", help="experiment name")
+    show_parser.add_argument(
+        "--format",
+        choices=("table", "yaml"),
+        default="table",
+        help="table: the description and every config key with its type, default and comment; yaml: the "
+        "default config as a YAML file to edit and pass back with jirl run NAME --config FILE",
+    )
     show_parser.set_defaults(command=show_command)
 
-    run_parser = add_command("run", help="run an experiment")
-    run_parser.add_argument("name", help="experiment name")
+    run_parser = add_command("run", help="run an experiment", add_help=False)
+    run_parser.add_argument(
+        "-h", "--help", dest="help_text", action=DeferredHelp,
+        help="show this help and, after NAME, every config key of the experiment, then exit",
+    )
+    run_parser.add_argument("name", nargs="?", metavar="NAME", help="experiment name (see jirl list)")
+    run_parser.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="a YAML (.yaml/.yml) or JSON (.json) file of config values, nested as the config is (train: "
+        "{steps: 10}) or with dotted keys (train.steps: 10); --set wins over it. "
+        "jirl show NAME --format yaml writes one holding the defaults",
+    )
     run_parser.add_argument(
         "--set",
         dest="overrides",
@@ -230,26 +263,66 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
-    """``jirl show NAME``: print the experiment's description and every config key with its type
-    and default (the keys ``--set`` accepts); returns 0. An unknown name raises
+    """``jirl show NAME``: print the experiment's description and every config key with its
+    type, default and comment (``print_config``); with ``--format yaml``, print its default
+    config as a YAML config file instead (``config_to_yaml``). Returns 0; an unknown name raises
     ``UnknownNameError``."""
     load_experiments()
     experiment = EXPERIMENTS.get(args.name)
-    # Piped (a script reading the keys), the table is as wide as its contents: nothing is cut.
-    console = Console() if sys.stdout.isatty() else Console(width=10_000)
+    if getattr(args, "format", "table") == "yaml":
+        sys.stdout.write(config_to_yaml(experiment.default_config(), header=yaml_header(experiment)))
+        return 0
+    console = output_console()
     console.print(Text.assemble((experiment.name, "bold"), ": ", experiment.description))
-    table = Table("key", "type", "default", title=f"config ({experiment.config_cls.__name__})")
-    for key, type_name, default in describe_fields(experiment.default_config()):
-        table.add_row(Text(key), Text(type_name), Text(default))
-    console.print(table)
-    console.print(Text(f"override with: jirl run {experiment.name} --set key=value ..."))
+    print_config(console, experiment)
     return 0
 
 
+def output_console() -> Console:
+    """The console of ``show``'s and ``run --help``'s tables. Piped (a script reading the keys),
+    it is as wide as the tables' contents, so nothing is cut."""
+    return Console() if sys.stdout.isatty() else Console(width=10_000)
+
+
+def print_config(console: Console, experiment) -> None:
+    """Print every config key of ``experiment`` (the keys ``--set`` and ``--config`` files
+    accept) with its type, default and comment (``describe_fields``, ``field_comments``), and how
+    to set them."""
+    comments = field_comments(experiment.config_cls)
+    table = Table("key", "type", "default", "comment", title=f"config ({experiment.config_cls.__name__})")
+    for key, type_name, default in describe_fields(experiment.default_config()):
+        table.add_row(Text(key), Text(type_name), Text(default), Text(" ".join(comments.get(key, "").split())))
+    console.print(table)
+    console.print(Text(f"override with: jirl run {experiment.name} --set key=value ... or --config FILE "
+                       f"(jirl show {experiment.name} --format yaml > FILE writes the defaults to edit)"), soft_wrap=True)
+
+
+def yaml_header(experiment) -> str:
+    """The comment lines at the top of ``jirl show NAME --format yaml``'s file."""
+    return (f"{experiment.name}: {experiment.description}\n"
+            f"Config {experiment.config_cls.__name__} at its defaults. Edit the values (keys left out keep their\n"
+            f"defaults) and run: jirl run {experiment.name} --config FILE (--set key=value wins over the file).")
+
+
 def run_command(args: argparse.Namespace) -> int:
-    """``jirl run NAME``: run the experiment with ``args.overrides`` (``--set``), into
-    ``args.out``, resuming from its latest checkpoint with ``args.resume``; returns 0."""
-    run_experiment(args.name, overrides=args.overrides, out_dir=args.out, resume=args.resume)
+    """``jirl run NAME``: run the experiment with the values of ``args.config_file``
+    (``--config``) and ``args.overrides`` (``--set``, which win), into ``args.out``, resuming
+    from its latest checkpoint with ``args.resume``; returns 0. With ``--help``, print the help
+    and, when NAME is given, the experiment's config keys (``print_config``) instead."""
+    if getattr(args, "help_text", None) is not None:
+        load_experiments()
+        experiment = EXPERIMENTS.get(args.name) if args.name is not None else None  # an unknown name: its error only
+        sys.stdout.write(args.help_text)
+        if experiment is not None:
+            console = output_console()
+            console.print()
+            print_config(console, experiment)
+        return 0
+    if args.name is None:
+        raise JirlError("jirl run needs the NAME of an experiment: jirl run NAME [--config FILE] [--set KEY=VALUE ...] "
+                        "(jirl list shows the names)")
+    run_experiment(args.name, overrides=args.overrides, out_dir=args.out, resume=args.resume,
+                   config_file=getattr(args, "config_file", None))
     return 0
 
 

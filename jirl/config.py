@@ -14,16 +14,30 @@ Allowed values are declared with the field, ``d_model: Annotated[int, positive] 
 config class may add rules that tie fields together in a ``validate(self)`` method that raises
 ``ConfigError``; ``validate_config`` checks them all (and that no float is NaN) once the
 overrides are applied, before an experiment does any work.
+
+A field's explanatory comment is the ``# ...`` written with it in the source, at the end of its
+line or on the comment lines just above it (``field_comments``). A config file (YAML or JSON,
+``apply_config_file``) is a nested mapping of the same keys; its entries are turned into
+``key=value`` overrides, so they are parsed and checked exactly as the command line's are.
+``config_to_yaml`` writes a config, comments included, as such a file.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import io
+import json
 import math
+import textwrap
+import tokenize
 import types
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
 C = TypeVar("C")
@@ -511,7 +525,7 @@ def format_value(value: Any) -> str:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return ",".join(format_value(item) for item in value)
     if isinstance(value, Mapping):
         return ",".join(f"{key}={format_value(item)}" for key, item in value.items())
@@ -527,3 +541,185 @@ def describe_fields(config: Any) -> list[tuple[str, str, str]]:
             value = getattr(value, name)
         rows.append((key, format_type(annotation), format_value(value)))
     return rows
+
+
+# --------------------------------------------------------------------------- comments
+
+
+def field_comments(cls: type, prefix: str = "") -> dict[str, str]:
+    """The explanatory comment of every field of config class ``cls`` that has one, by dotted key
+    (nested configs' own fields and their fields included): the comment lines just above the field
+    and the comment at the end of its line, read from the source, one line of text per comment
+    line. Classes whose source cannot be read (defined in an interactive session) have none."""
+    own: dict[str, str] = {}
+    for base in reversed(cls.__mro__):  # a subclass's comment replaces its base class's
+        own.update(class_comments(base))
+    comments = {}
+    for name, annotation in field_annotations(cls).items():
+        key = prefix + name
+        if name in own:
+            comments[key] = own[name]
+        if is_config_class(annotation):
+            comments.update(field_comments(annotation, prefix=key + "."))
+    return comments
+
+
+@functools.cache
+def class_comments(cls: type) -> dict[str, str]:
+    """``{field name: comment}`` for the annotated fields written in ``cls``'s own class body
+    (see ``field_comments``); empty when the source is not available."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+        body = ast.parse(source).body[0].body
+        comment_lines = source_comments(source)
+    except (OSError, TypeError, SyntaxError, IndexError, AttributeError, tokenize.TokenError):
+        return {}
+    comments = {}
+    for statement in body:
+        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+            continue
+        above, line = [], statement.lineno - 1
+        while line in comment_lines and comment_lines[line][0]:  # whole-line comments, nearest last
+            above.insert(0, comment_lines[line][1])
+            line -= 1
+        trailing = comment_lines.get(statement.end_lineno)
+        parts = above + ([trailing[1]] if trailing and not trailing[0] else [])
+        if parts:
+            comments[statement.target.id] = "\n".join(parts)
+    return comments
+
+
+def source_comments(source: str) -> dict[int, tuple[bool, str]]:
+    """``{line number: (whether the comment is the whole line, its text without '#')}`` for every
+    comment in Python ``source``."""
+    lines = source.splitlines()
+    comments = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            row, column = token.start
+            whole_line = not lines[row - 1][:column].strip()
+            comments[row] = (whole_line, token.string.lstrip("#").strip())
+    return comments
+
+
+# --------------------------------------------------------------------------- config files
+
+
+CONFIG_FILE_FORMATS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON"}
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The mapping held by the YAML (``.yaml``/``.yml``) or JSON (``.json``) config file at
+    ``path``; an empty YAML file holds an empty mapping. ``ConfigError`` naming the file for a
+    missing or unreadable file, another file ending, text that does not parse or a top level that
+    is not a mapping."""
+    path = Path(path)
+    kind = CONFIG_FILE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"config file {path}: unknown format {path.suffix or '(no ending)'!r}; "
+                          "name it .yaml, .yml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; check the path given to --config") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise ConfigError(f"cannot read config file {path}: {reason}; pass a readable UTF-8 text file") from None
+    data = parse_config_text(text, kind, path)
+    if data is None and kind == "YAML":
+        return {}
+    if not isinstance(data, Mapping):
+        found = "null" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"config file {path} must hold a mapping of config keys to values (e.g. "
+                          f"{{\"seed\": 1}}), but its top level is {found}")
+    return dict(data)
+
+
+def parse_config_text(text: str, kind: str, path: Path) -> Any:
+    """``text`` parsed as ``kind`` (``"YAML"`` or ``"JSON"``); ``ConfigError`` naming ``path``
+    and where the text stops parsing."""
+    import yaml
+
+    try:
+        return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"config file {path} is not valid {kind}: {detail}; fix the file") from None
+
+
+def mapping_overrides(data: Mapping[Any, Any], leaves: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The entries of a config file's nested mapping ``data`` as ``key=value`` overrides, in the
+    file's order, for a config class with settable dotted keys ``leaves``. A key may be dotted
+    (``train.steps: 10``); a mapping under a key that is not a leaf is walked into (a nested
+    config), one under a leaf is that leaf's value (a dict field's whole set of entries). Values
+    are written as an override would write them (``format_value``), so ``parse_override`` types
+    and checks them as it does the command line's."""
+    overrides = []
+    for name, value in data.items():
+        key = prefix + str(name)
+        if isinstance(value, Mapping) and key not in leaves:
+            overrides += mapping_overrides(value, leaves, prefix=key + ".")
+        else:
+            overrides.append(f"{key}={format_value(value)}")
+    return overrides
+
+
+def config_file_overrides(cls: type, path: Path | str) -> list[str]:
+    """The ``key=value`` overrides that the config file at ``path`` holds for config class
+    ``cls`` (``read_config_file``, ``mapping_overrides``), before they are checked."""
+    return mapping_overrides(read_config_file(path), leaf_annotations(cls))
+
+
+def apply_config_file(config: C, path: Path | str) -> tuple[C, list[str]]:
+    """``config`` with the values of the YAML or JSON config file at ``path`` applied, and those
+    values as the ``key=value`` overrides that set them (which ``apply_overrides`` would apply
+    the same way). Each is parsed and checked like a command-line override; an unknown key or a
+    value that does not fit raises ``ConfigError`` naming the file."""
+    overrides = config_file_overrides(type(config), path)
+    for override in overrides:
+        try:
+            config = apply_overrides(config, [override])
+        except ConfigError as error:
+            raise ConfigError(f"config file {path}: {error}") from None
+    return config, overrides
+
+
+def config_to_yaml(config: Any, header: str = "") -> str:
+    """``config`` as the text of a YAML config file: every field at its current value, nested
+    configs as nested mappings, each field's comment (``field_comments``) beside it or above it,
+    ``header`` (lines of text) as comments at the top. ``apply_config_file`` reads it back to an
+    equal config."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    lines += yaml_lines(config, field_comments(type(config)))
+    return "\n".join(lines) + "\n"
+
+
+def yaml_lines(config: Any, comments: Mapping[str, str], prefix: str = "", indent: str = "") -> list[str]:
+    """The YAML lines of the fields of ``config`` (see ``config_to_yaml``), keys indented by
+    ``indent``; ``comments`` by dotted key, ``prefix`` the dotted key of ``config``."""
+    lines = []
+    for name in field_annotations(type(config)):
+        value, key = getattr(config, name), prefix + name
+        comment = comments.get(key, "").splitlines()
+        nested = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        text = "" if nested else " " + yaml_value(to_plain(value))
+        block = len(comment) > 1 or (comment and nested)  # the comment goes above the key
+        if (nested or block) and not indent and lines and lines[-1]:
+            lines.append("")
+        if block:
+            lines += [f"{indent}# {line}".rstrip() for line in comment]
+        trailing = f"  # {comment[0]}" if len(comment) == 1 and not nested else ""
+        lines.append(f"{indent}{name}:{text}{trailing}")
+        if nested:
+            lines += yaml_lines(value, comments, prefix=key + ".", indent=indent + "  ")
+    return lines
+
+
+def yaml_value(value: Any) -> str:
+    """A JSON-form value as one line of YAML (flow style; text with line breaks double-quoted
+    with escapes)."""
+    import yaml
+
+    style = '"' if isinstance(value, str) and "\n" in value else None
+    text = yaml.safe_dump(value, default_flow_style=True, default_style=style, width=float("inf"), allow_unicode=True)
+    return text.removesuffix("\n").removesuffix("\n...")

@@ -22,7 +22,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 from rich.text import Text
 
-from jirl.config import ConfigError, JirlError, apply_overrides, config_to_dict, diff_configs, validate_config
+from jirl.config import (
+    ConfigError,
+    JirlError,
+    apply_config_file,
+    apply_overrides,
+    config_to_dict,
+    diff_configs,
+    validate_config,
+)
 from jirl.registry import Registry
 from jirl.run_dir import RunDir, nonfinite_paths, to_jsonable, write_json_file
 
@@ -111,17 +119,26 @@ def load_experiments() -> None:
 
 
 def run_experiment(
-    name: str, overrides: Sequence[str] = (), out_dir: Path | str | None = None, resume: bool = False
+    name: str, overrides: Sequence[str] = (), out_dir: Path | str | None = None, resume: bool = False,
+    config_file: Path | str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run experiment ``name`` with ``key=value`` overrides; return (run folder, results).
 
+    ``config_file``: a YAML or JSON file of config values (``jirl.config.apply_config_file``),
+    applied before ``overrides``, which win over it. ``run.json`` records the file's path and
+    its values as overrides (``config_file_overrides``), and its ``command`` repeats those
+    values as ``--set`` ones, so it reruns the same config even if the file has changed.
+
     With ``resume=True``, ``out_dir`` must be an earlier run of the same experiment; the config
-    (defaults + overrides) must equal the one it saved, and the experiment continues from its
-    latest checkpoint (``run.resume`` tells the experiment to do so).
+    (defaults + config file + overrides) must equal the one it saved, and the experiment
+    continues from its latest checkpoint (``run.resume`` tells the experiment to do so).
     """
     load_experiments()
     experiment = EXPERIMENTS.get(name)
-    config = apply_overrides(experiment.default_config(), overrides)
+    config, file_overrides = experiment.default_config(), []
+    if config_file is not None:
+        config, file_overrides = apply_config_file(config, config_file)
+    config = apply_overrides(config, overrides)
     validate_config(config)  # every bad value is refused here, before any work
     if resume:
         if not experiment.resumable:
@@ -150,9 +167,11 @@ def run_experiment(
             "of that stage or check its inputs."
         )
     write_json_file(run.path / RESULTS_FILE, results)
-    run_info = {"experiment": name, "overrides": list(overrides), "started_at": started_at,
+    run_info = {"experiment": name, "overrides": list(overrides),
+                "config_file": str(Path(config_file).resolve()) if config_file is not None else None,
+                "config_file_overrides": file_overrides, "started_at": started_at,
                 "elapsed_seconds": elapsed_seconds, "resumed": resume,
-                "command": shell_command(name, run.path, overrides), **provenance()}
+                "command": shell_command(name, run.path, [*file_overrides, *overrides]), **provenance()}
     write_json_file(run.path / RUN_INFO_FILE, run_info)
     summary = f"done in {elapsed_seconds:.1f}s; results in {run.path}"
     run.console.print(Text(summary), soft_wrap=True)
@@ -235,7 +254,7 @@ def check_resumable(name: str, config: Any, out_dir: Path | str | None) -> Path:
     if differing:
         raise ConfigError(
             f"cannot resume {path}: the config differs from the saved run in {', '.join(differing)}. "
-            "Resume with the same --set values, or start a new run in another --out folder."
+            "Resume with the same --config file and --set values, or start a new run in another --out folder."
         )
     return path
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jirl.cli import main
-from jirl.config import config_from_dict
+from jirl.config import apply_config_file, config_from_dict, describe_fields
 from jirl.experiment import EXPERIMENTS, RunDir, load_experiments, register_experiment
 
 ECHO = "_test_echo"
@@ -22,13 +22,15 @@ ECHO = "_test_echo"
 
 @dataclasses.dataclass(frozen=True)
 class EchoModelConfig:
+    # How many units the echo model has
+    # (a comment block above the field).
     width: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class EchoConfig:
     seed: int = 0
-    scale: float = 1.0
+    scale: float = 1.0  # multiplies each logged step
     mode: Literal["add", "mul"] = "add"
     model: EchoModelConfig = dataclasses.field(default_factory=EchoModelConfig)
 
@@ -340,3 +342,156 @@ def test_show_piped_cuts_no_key_or_default(capsys):
     out = capsys.readouterr().out
     assert "terminal,uniform,shaping,abc,prime,rto,decomposition,true" in out
     assert "…" not in out
+
+
+# --------------------------------------------------------------------------- jirl run --config
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def echo_config(out: Path) -> EchoConfig:
+    return config_from_dict(EchoConfig, read_json(out / "config.json")["config"])
+
+
+def test_yaml_config_file_values_reach_the_config(tmp_path, capsys):
+    path = write_text(tmp_path / "echo.yaml", "seed: 3\nscale: 1e-3  # YAML reads 1e-3 as text; parsed like --set\nmodel:\n  width: 6\n")
+    code, _, stderr = run_cli(capsys, "run", ECHO, "--config", str(path), "--out", str(tmp_path / "r"))
+    assert code == 0, stderr
+    assert echo_config(tmp_path / "r") == EchoConfig(seed=3, scale=1e-3, model=EchoModelConfig(width=6))
+
+
+def test_json_config_file_with_dotted_keys(tmp_path, capsys):
+    path = write_text(tmp_path / "echo.json", json.dumps({"model.width": 7, "mode": "mul", "scale": 2}))
+    code, _, stderr = run_cli(capsys, "run", ECHO, "--config", str(path), "--out", str(tmp_path / "r"))
+    assert code == 0, stderr
+    assert echo_config(tmp_path / "r") == EchoConfig(scale=2.0, mode="mul", model=EchoModelConfig(width=7))
+    assert read_json(tmp_path / "r" / "results.json")["combined"] == 0.0  # seed 0 * scale 2
+
+
+def test_set_wins_over_the_config_file(tmp_path, capsys):
+    path = write_text(tmp_path / "echo.yml", "seed: 3\nmodel: {width: 6}\n")
+    out = tmp_path / "r"
+    code, _, stderr = run_cli(capsys, "run", ECHO, "--set", "model.width=9", "--config", str(path), "--out", str(out))
+    assert code == 0, stderr
+    assert echo_config(out) == EchoConfig(seed=3, model=EchoModelConfig(width=9))
+
+
+def test_run_json_records_the_file_and_its_command_reruns_without_it(tmp_path, capsys):
+    import shlex
+
+    path = write_text(tmp_path / "echo.yaml", "seed: 3\nmodel:\n  width: 6\n")
+    first = tmp_path / "first"
+    code, _, stderr = run_cli(capsys, "run", ECHO, "--config", str(path), "--set", "scale=0.5", "--out", str(first))
+    assert code == 0, stderr
+    info = read_json(first / "run.json")
+    assert info["config_file"] == str(path.resolve())
+    assert info["config_file_overrides"] == ["seed=3", "model.width=6"]
+    assert info["overrides"] == ["scale=0.5"]
+    path.unlink()  # the command holds the file's values: it reruns the same config without it
+    words = shlex.split(info["command"])
+    assert words[:3] == ["jirl", "run", ECHO]
+    words[words.index("--out") + 1] = str(tmp_path / "again")
+    code, _, stderr = run_cli(capsys, *words[1:])
+    assert code == 0, stderr
+    assert echo_config(tmp_path / "again") == echo_config(first) == EchoConfig(seed=3, scale=0.5, model=EchoModelConfig(width=6))
+
+
+def test_run_json_without_a_config_file(tmp_path, capsys):
+    assert run_cli(capsys, "run", ECHO, "--out", str(tmp_path / "r"))[0] == 0
+    info = read_json(tmp_path / "r" / "run.json")
+    assert info["config_file"] is None and info["config_file_overrides"] == []
+
+
+@pytest.mark.parametrize(
+    "file_name, text, expected",
+    [
+        ("echo.yaml", "scal: 2\n", ["echo.yaml: unknown config key 'scal'. Did you mean 'scale'?"]),
+        ("echo.yaml", "model:\n  widht: 2\n", ["unknown config key 'model.widht'. Did you mean 'model.width'?"]),
+        ("echo.json", '{"seed": "abc"}', ["echo.json: seed expects an int, got 'abc'"]),
+        ("echo.yaml", "model: 3\n", ["model is a nested config", "model.width"]),
+        ("echo.yaml", "seed: [1\n", ["echo.yaml is not valid YAML"]),
+        ("echo.json", "{'seed': 1}", ["echo.json is not valid JSON"]),
+        ("echo.yaml", "- seed=1\n", ["echo.yaml must hold a mapping", "top level is a list"]),
+        ("echo.json", "null", ["echo.json must hold a mapping", "top level is null"]),
+        ("echo.toml", "seed = 1\n", ["echo.toml: unknown format '.toml'", ".yaml, .yml or .json"]),
+    ],
+)
+def test_bad_config_files_are_user_errors_naming_the_file(tmp_path, capsys, file_name, text, expected):
+    path = write_text(tmp_path / file_name, text)
+    code, _, stderr = run_cli(capsys, "run", ECHO, "--config", str(path), "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert stderr.startswith("error: config file ") and "Traceback" not in stderr
+    for part in expected:
+        assert part in stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_config_file_is_a_user_error(tmp_path, capsys):
+    missing = tmp_path / "nowhere.yaml"
+    code, _, stderr = run_cli(capsys, "run", ECHO, "--config", str(missing), "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert stderr.strip() == f"error: config file {missing} not found; check the path given to --config"
+
+
+def test_run_without_a_name_is_a_user_error(capsys):
+    code, _, stderr = run_cli(capsys, "run", "--set", "seed=1")
+    assert code == 2 and "jirl run needs the NAME of an experiment" in stderr
+
+
+# --------------------------------------------------------------------------- jirl run --help, show --format yaml
+
+
+def test_run_help_lists_every_key_with_type_default_and_comment(capsys):
+    code, stdout, _ = run_cli(capsys, "run", ECHO, "--help")
+    assert code == 0
+    assert "--config FILE" in stdout and "--set KEY=VALUE" in stdout  # the command's own help
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:5]]
+            for line in stdout.splitlines() if line.startswith("│")}
+    assert rows["scale"] == ["float", "1.0", "multiplies each logged step"]
+    assert rows["model.width"] == ["int", "4", "How many units the echo model has (a comment block above the field)."]
+    assert rows["mode"][:2] == ["Literal['add', 'mul']", "add"] and rows["seed"] == ["int", "0", ""]
+
+
+def test_run_help_without_a_name_is_the_plain_help(capsys):
+    code, stdout, _ = run_cli(capsys, "run", "-h")
+    assert code == 0 and "--config FILE" in stdout and "config (" not in stdout
+
+
+def test_run_help_of_an_unknown_experiment_is_a_user_error(capsys):
+    code, stdout, stderr = run_cli(capsys, "run", "_test_ech", "--help")
+    assert code == 2 and "unknown experiment '_test_ech'" in stderr and stdout == ""
+
+
+def test_show_lists_comments(capsys):
+    code, stdout, _ = run_cli(capsys, "show", ECHO)
+    assert code == 0
+    assert "comment" in stdout and "multiplies each logged step" in stdout and "How many units" in stdout
+
+
+def test_show_yaml_round_trips_through_run_config(tmp_path, capsys):
+    code, text, _ = run_cli(capsys, "show", ECHO, "--format", "yaml")
+    assert code == 0
+    assert "scale: 1.0  # multiplies each logged step" in text
+    assert "  # How many units the echo model has\n" in text and "  width: 4\n" in text
+    path = write_text(tmp_path / "defaults.yaml", text)
+    assert run_cli(capsys, "run", ECHO, "--config", str(path), "--out", str(tmp_path / "file"))[0] == 0
+    assert run_cli(capsys, "run", ECHO, "--out", str(tmp_path / "plain"))[0] == 0
+    assert read_json(tmp_path / "file" / "config.json") == read_json(tmp_path / "plain" / "config.json")
+    assert read_json(tmp_path / "file" / "run.json")["config_file_overrides"] == [
+        "seed=0", "scale=1.0", "mode=add", "model.width=4"
+    ]
+
+
+def test_every_experiment_default_yaml_reads_back_to_its_defaults(tmp_path, capsys):
+    load_experiments()
+    for name in EXPERIMENTS.names():
+        code, text, _ = run_cli(capsys, "show", name, "--format", "yaml")
+        assert code == 0
+        path = write_text(tmp_path / f"{name}.yaml", text)
+        defaults = EXPERIMENTS.get(name).default_config()
+        config, overrides = apply_config_file(defaults, path)
+        assert config == defaults, name
+        assert len(overrides) == len(describe_fields(defaults)), name  # every key is in the file

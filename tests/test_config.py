@@ -356,3 +356,114 @@ def test_dict_fields_in_diffs_display_and_validation():
     assert apply_overrides(StudyConfig(), [f"rl.options={rows['rl.options'][1]}"]).rl.options == shown.rl.options
     with pytest.raises(ConfigError, match="must be a number, got nan"):
         validate_config(apply_overrides(StudyConfig(), ["rl.options.clip_low=nan"]))
+
+
+# --------------------------------------------------------------------------- comments and config files
+
+
+@dataclasses.dataclass(frozen=True)
+class CommentedInner:
+    # Width of each layer,
+    # in units.
+    width: int = 4  # must be even
+    depth: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CommentedConfig:
+    seed: int = 0  # the random seed
+
+    # A blank line stops the block above: this comment belongs to nobody.
+
+    lr: float = 1e-3
+    note: str | None = "multi\nline: text"
+    tags: tuple[str, ...] = ("a", "b")
+    options: dict[str, float] = dataclasses.field(default_factory=lambda: {"clip": 0.2})
+    inner: CommentedInner = dataclasses.field(default_factory=CommentedInner)  # the inner part
+
+
+@dataclasses.dataclass(frozen=True)
+class CommentedChild(CommentedConfig):
+    seed: int = 1  # the child's seed
+
+
+def test_field_comments_read_trailing_and_block_comments_by_dotted_key():
+    from jirl.config import field_comments
+
+    assert field_comments(CommentedConfig) == {
+        "seed": "the random seed",
+        "inner": "the inner part",
+        "inner.width": "Width of each layer,\nin units.\nmust be even",
+    }
+    assert field_comments(CommentedChild)["seed"] == "the child's seed"  # a subclass's own comment wins
+    assert field_comments(CommentedChild)["inner"] == "the inner part"  # inherited
+    assert field_comments(dataclasses.make_dataclass("Made", [("seed", int, 0)])) == {}  # no source
+
+
+def test_file_mapping_becomes_overrides_nested_dotted_and_whole_dicts():
+    from jirl.config import leaf_annotations, mapping_overrides
+
+    leaves = leaf_annotations(StudyConfig)
+    data = {"rl": {"name": "ppo", "options": {"clip_low": 0.1, "dual_clip": 3}}, "extra.cap": None, "rl.options.x": 1}
+    assert mapping_overrides(data, leaves) == [
+        "rl.name=ppo", "rl.options=clip_low=0.1,dual_clip=3", "extra.cap=none", "rl.options.x=1"
+    ]
+    config = apply_overrides(StudyConfig(), mapping_overrides(data, leaves))
+    assert config.rl.options == {"clip_low": 0.1, "dual_clip": 3.0, "x": 1.0} and config.extra["cap"] is None
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_apply_config_file_types_values_like_overrides(tmp_path):
+    from jirl.config import apply_config_file
+
+    path = write(tmp_path / "c.yaml", "seed: 4\nlr: 1e-4\nbetas: [1, 2]\nmax_steps: null\nmodel.d_model: 16\nmodel: {activation: gelu}\n")
+    config, overrides = apply_config_file(TrainConfig(max_steps=3), path)
+    assert config == TrainConfig(seed=4, lr=1e-4, betas=(1.0, 2.0), max_steps=None, model=ModelConfig(16, "gelu"))
+    assert overrides == ["seed=4", "lr=1e-4", "betas=1,2", "max_steps=none", "model.d_model=16", "model.activation=gelu"]
+    assert apply_overrides(TrainConfig(max_steps=3), overrides) == config  # the same path as --set
+
+
+def test_an_empty_yaml_file_changes_nothing(tmp_path):
+    from jirl.config import apply_config_file
+
+    path = write(tmp_path / "c.yaml", "# everything commented out\n")
+    assert apply_config_file(TrainConfig(), path) == (TrainConfig(), [])
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("c.yaml", "lrr: 1\n", "c.yaml: unknown config key 'lrr'. Did you mean 'lr'?"),
+        ("c.yaml", "loss: hinge\n", "c.yaml: loss expects one of 'mse', 'ce', got 'hinge'"),
+        ("c.yaml", "a: [\n", "c.yaml is not valid YAML"),
+        ("c.json", "[1]", "top level is a list"),
+        ("c.txt", "seed: 1", "unknown format '.txt'"),
+    ],
+)
+def test_config_file_errors_name_the_file(tmp_path, name, text, message):
+    from jirl.config import apply_config_file
+
+    with pytest.raises(ConfigError) as info:
+        apply_config_file(TrainConfig(), write(tmp_path / name, text))
+    assert message in str(info.value) and str(tmp_path / name) in str(info.value)
+
+
+def test_yaml_of_a_config_has_comments_and_reads_back_equal(tmp_path):
+    import yaml
+
+    from jirl.config import apply_config_file, config_to_yaml
+
+    config = CommentedConfig(seed=5, lr=2.5e-7, note="x: y\nz", options={"clip": 0.5, "b": 1.0}, tags=())
+    text = config_to_yaml(config, header="first\nsecond")
+    assert text.startswith("# first\n# second\nseed: 5  # the random seed\n")
+    assert "# the inner part\ninner:\n  # Width of each layer,\n  # in units.\n  # must be even\n  width: 4\n" in text
+    assert 'note: "x: y\\nz"\n' in text  # one line per key: line breaks escaped
+    assert yaml.safe_load(text)["note"] == "x: y\nz"
+    restored, _ = apply_config_file(CommentedConfig(), write(tmp_path / "c.yaml", text))
+    assert restored == config
+    with_none, _ = apply_config_file(CommentedConfig(), write(tmp_path / "n.yaml", config_to_yaml(CommentedConfig(note=None))))
+    assert with_none.note is None

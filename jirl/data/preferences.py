@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jirl.data.builders import _config_name, _files_digest, _reject_unknown
+from jirl.data.chat_tokenize import fit_prompt_and_responses
 from jirl.data.errors import DataError
 from jirl.data.examples import Example, Tokenizer, _encode
 from jirl.data.jsonl import read_jsonl
@@ -275,23 +276,20 @@ def fit_preference(
         raise DataError(f"{where}: the prompt is empty; every pair needs at least one prompt token")
     chosen_ids = _encode(tokenizer, chosen, where, "chosen response") + [tokenizer.eos_id]
     rejected_ids = _encode(tokenizer, rejected, where, "rejected response") + [tokenizer.eos_id]
-    longest_response = max(len(chosen_ids), len(rejected_ids))
-    prompt_len = min(len(prompt_ids), max(1, max_len - longest_response))
-    response_room = max_len - prompt_len
-    kept_prompt = prompt_ids[len(prompt_ids) - prompt_len :]
-    chosen_ids, rejected_ids = chosen_ids[:response_room], rejected_ids[:response_room]
+    fitted = fit_prompt_and_responses(prompt_ids, [chosen_ids, rejected_ids], max_len, where=where)
+    chosen_ids, rejected_ids = fitted.responses
     example = {
-        "chosen": _left_aligned(kept_prompt + chosen_ids, max_len, tokenizer.eos_id),
-        "rejected": _left_aligned(kept_prompt + rejected_ids, max_len, tokenizer.eos_id),
-        "prompt_len": np.int32(prompt_len),
+        "chosen": _left_aligned(fitted.prompt + chosen_ids, max_len, tokenizer.eos_id),
+        "rejected": _left_aligned(fitted.prompt + rejected_ids, max_len, tokenizer.eos_id),
+        "prompt_len": np.int32(len(fitted.prompt)),
         "chosen_len": np.int32(len(chosen_ids)),
         "rejected_len": np.int32(len(rejected_ids)),
         "margin": np.float32(margin),
     }
     return FittedPreference(
         example,
-        prompt_truncated=prompt_len < len(prompt_ids),
-        response_truncated=longest_response > response_room,
+        prompt_truncated=fitted.prompt_truncated,
+        response_truncated=fitted.response_truncated,
         prompt_tokens=len(prompt_ids),
     )
 
