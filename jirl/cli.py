@@ -1,4 +1,5 @@
-"""The ``jirl`` command: list, show and run registered experiments.
+"""The ``jirl`` command: list, show and run registered experiments; export a model as a Hugging
+Face folder.
 
 Plugins extend the registries from the user's own code: every module named in the environment
 variable ``JIRL_PLUGINS`` (comma-separated module names or ``.py`` paths) and every
@@ -172,7 +173,8 @@ class DeferredHelp(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``argparse`` parser of the ``jirl`` command: ``list``, ``show NAME [--format
-    table|yaml]`` and ``run NAME [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]``.
+    table|yaml]`` and ``run NAME [--config FILE] [--set KEY=VALUE ...] [--out DIR] [--resume]`` and ``export SOURCE
+OUT_DIR``.
     Each sub-command stores its handler (``list_command``, ``show_command``, ``run_command``) as
     ``args.command``."""
     parser = argparse.ArgumentParser(prog="jirl", description=__doc__)
@@ -230,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
     )
     run_parser.set_defaults(command=run_command)
+    from jirl.models.export import add_export_arguments, export_command
+
+    export_parser = add_command(
+        "export", help="write a model as a Hugging Face folder (safetensors shards, config, tokenizer) that transformers loads"
+    )
+    add_export_arguments(export_parser)
+    export_parser.set_defaults(command=export_command)
     return parser
 
 

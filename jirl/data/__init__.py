@@ -6,6 +6,12 @@ grain batches with an exactly resumable iterator.
 - ``jirl.data.builders``: TFDS builders ``TaskDemonstrations`` and ``JsonlSft``, ``prepare``
   and ``data_source`` (imports tensorflow-datasets, no TensorFlow).
 - ``jirl.data.loader``: ``batch_iterator`` and ``pad_to_bucket`` (imports grain).
+- ``jirl.data.formats``: ``read_rows``, user data in the layouts people have (TRL, ShareGPT,
+  JSONL/JSON/Parquet/``datasets``) as canonical rows.
+- ``jirl.data.chat_tokenize``: ``ChatTokenization``, rows to token records with a model's
+  tokenizer and chat template.
+- ``jirl.data.text_datasets``: ``prepare_text_dataset``, rows -> tokenized ``array_record``
+  train/eval splits, built once (``TextDataset``).
 
 The TFDS and grain parts load on first use, so ``import jirl.data`` stays light.
 """
@@ -28,6 +34,13 @@ _LAZY_NAMES = {
     "batch_iterator": "jirl.data.loader",
     "pad_to_bucket": "jirl.data.loader",
     "bucket_width": "jirl.data.loader",
+    "read_rows": "jirl.data.formats",
+    "RowReport": "jirl.data.formats",
+    "ChatTokenization": "jirl.data.chat_tokenize",
+    "TextDataset": "jirl.data.text_datasets",
+    "prepare_text_dataset": "jirl.data.text_datasets",
+    "tokenizer_digest": "jirl.data.text_datasets",
+    "check_tokenizer_fits": "jirl.data.text_datasets",
 }
 
 __all__ = [

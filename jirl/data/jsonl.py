@@ -80,11 +80,19 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str]]:
     """``(line_number, text)`` for each line of ``path``, with read errors as ``DataError``.
 
     Undecodable bytes stay in ``text`` as lone surrogates (``_check_utf8`` reports them), so
-    that the error can name the line rather than a byte offset in the whole file.
+    that the error can name the line rather than a byte offset in the whole file. A truncated
+    ``.gz`` file names the line where the data stops.
     """
+    line_number = 0  # the last line read whole
     try:
         with _open_text(path) as file:
-            yield from enumerate(file, start=1)
+            for line_number, text in enumerate(file, start=1):
+                yield line_number, text
+    except EOFError as error:  # a gzip stream cut off before its end marker
+        raise DataError(
+            f"{path}:{line_number + 1}: the gzip file ends part-way ({error}): it was cut off while being written "
+            f"or copied, after {line_number} whole lines; copy or compress it again"
+        ) from None
     except FileNotFoundError:
         raise DataError(f"JSONL file not found: {path} (working directory {os.getcwd()}); check the path") from None
     except IsADirectoryError:
