@@ -42,12 +42,13 @@ prompt must be one user turn and each reply one assistant turn; prompt = the use
 the assistant text + the EOS id (as ``jirl.data.preferences.fit_preference`` writes pairs). A
 row with more turns is a ``DataError``.
 
-Truncation (``fit_prompt_and_responses``, shared with ``fit_preference``): first, a prompt longer
-than ``max_prompt_len`` keeps its last ``max_prompt_len`` tokens; then, if prompt + the longest
-response exceed ``max_len``, the start of the prompt is cut down to ``max(1, max_len - longest
-response)`` tokens (at least one token is kept, and the same ones for every response); then a
-response still too long is cut at its end, losing its EOS. An SFT loss mask is cut with its
-tokens. An empty prompt (no tokens) is a ``DataError``.
+Truncation (``fit_prompt_and_responses``, shared with ``fit_preference``): the prompt keeps its
+end and the responses their start. With ``max_prompt_len`` (TRL's order), the prompt keeps its
+last ``max_prompt_len`` tokens and each response is cut to the ``max_len - prompt`` tokens left,
+losing its EOS when cut. Without it, the responses have priority: the prompt keeps its last
+``max(1, max_len - longest response)`` tokens (the same ones for every response). Either way the
+prompt keeps at most ``max_len - 1`` tokens, so every response keeps at least one. An SFT loss
+mask is cut with its tokens. An empty prompt (no tokens) is a ``DataError``.
 """
 
 from __future__ import annotations
@@ -127,18 +128,18 @@ def fit_prompt_and_responses(
     """Cut ``prompt_ids`` and each of ``response_ids_list`` so that the prompt followed by any one
     response fits ``max_len`` (the policy of the module docstring).
 
-    The prompt keeps its end: its last ``max_prompt_len`` tokens at most, then at most
-    ``max(1, max_len - longest response)``; responses keep their start. ``DataError`` (prefixed
-    by ``where``) for an empty prompt.
+    The prompt keeps its end, the responses their start. The prompt's budget is
+    ``max_prompt_len`` when given (TRL's order: the prompt is cut to its budget first, then the
+    responses to the room left), else ``max(1, max_len - longest response)`` (the responses have
+    priority); either way at most ``max_len - 1``, so every response keeps at least one token.
+    ``DataError`` (prefixed by ``where``) for an empty prompt.
     """
     if not prompt_ids:
         raise DataError(f"{where}: the prompt is empty; every example needs at least one prompt token")
-    prompt = list(prompt_ids)
-    if max_prompt_len is not None:
-        prompt = prompt[-max_prompt_len:]
     longest_response = max((len(ids) for ids in response_ids_list), default=0)
-    prompt_len = min(len(prompt), max(1, max_len - longest_response))
-    prompt = prompt[len(prompt) - prompt_len :]
+    budget = max_prompt_len if max_prompt_len is not None else max(1, max_len - longest_response)
+    prompt_len = min(len(prompt_ids), budget, max_len - 1)
+    prompt = list(prompt_ids[len(prompt_ids) - prompt_len :])
     response_room = max_len - prompt_len
     return FittedIds(
         prompt=prompt,

@@ -70,7 +70,7 @@ from jirl.data.preferences import assign_split, preference_features
 
 # Bump when the records written for the same rows and settings change (tokenization code),
 # so that old builds are not reused for new code.
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: with max_prompt_len the prompt keeps its budget (TRL order)
 
 SPLITS = ("train", "eval")
 

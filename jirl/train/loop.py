@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Annotated, Callable, Iterator, Literal
+from typing import Annotated, Callable, Iterator, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ from rich.text import Text
 from jirl.config import Check, ConfigError, JirlError, at_least, diff_configs, finite, non_negative, positive
 from jirl.run_dir import RunDir
 from jirl.train.checkpoint import CheckpointManager, NoReadableCheckpointError
-from jirl.train.logging import METRICS_FILE, TIMING_FILE, TrainLogger, to_floats, truncate_metrics
+from jirl.train.logging import METRICS_FILE, SAMPLES_FILE, TIMING_FILE, MetricsWriter, TrainLogger, to_floats, truncate_metrics
 from jirl.sharding import make_mesh, shard_batch, shard_state
 from jirl.train.step import TrainState
 
@@ -140,6 +140,8 @@ def fit(
     resume: bool = False,
     evaluate: Callable[[TrainState], dict] | None = None,
     progress: bool = True,
+    logger: TrainLogger | MetricsWriter | Sequence[MetricsWriter] | None = None,
+    samples: Callable[[TrainState], Sequence[str]] | None = None,
 ) -> TrainState:
     """Run ``step_fn`` (from ``make_update_step``) until ``state.step == train.steps``.
 
@@ -153,6 +155,15 @@ def fit(
     every step's line is written. ``step_seconds`` is then the mean over those steps. A NaN
     is found at the next read, always before anything is checkpointed (a non-finite update
     is never applied; the steps after it in the same window are).
+
+    ``logger``: where the logs go besides ``metrics.jsonl`` and ``timing.jsonl``. ``None``:
+    TensorBoard in ``<run>/tensorboard`` (closed at the end). One writer or a list of writers
+    (``jirl.train.logging``: ``TensorBoardWriter``, ``WandbWriter``, ``make_writers(LogConfig)``
+    or your own with a ``scalars(step, metrics, prefix)`` method) replaces that default; a
+    ``TrainLogger`` (for ``run``) is used as it is. What is passed in is flushed at the end,
+    not closed: close it yourself (several fits may share it). ``samples(state)``, when
+    given, returns decoded texts logged with ``TrainLogger.samples`` (``samples.jsonl`` and
+    the writers) at the evaluation steps.
     """
     train = train or TrainConfig()
     steps = train.steps  # the learning-rate schedule of make_optimizer(train) assumes this length
@@ -171,20 +182,26 @@ def fit(
         run.console.print(Text(f"nothing was checkpointed in {manager.directory}: training starts from step 0", style="yellow"))
         resume = False
         if jax.process_index() == 0:
-            for name in (METRICS_FILE, TIMING_FILE):
+            for name in (METRICS_FILE, TIMING_FILE, SAMPLES_FILE):
                 truncate_metrics(run.path / name, 0)
     if resume:
         check_resume_config(metadata["config"], config)
         batches.set_state(metadata["data_state"])
         if jax.process_index() == 0:
-            for name in (METRICS_FILE, TIMING_FILE):
+            for name in (METRICS_FILE, TIMING_FILE, SAMPLES_FILE):
                 truncate_metrics(run.path / name, int(state.step))
     elif manager.latest_step() is not None:
         raise JirlError(f"{manager.directory} already holds checkpoints; pass --resume to continue that run")
 
     state_shardings = jax.tree_util.tree_map(lambda x: x.sharding, state)
     start = int(state.step)
-    logger = TrainLogger(run, total_steps=steps, start_step=start, progress=progress)
+    owned = logger is None  # fit closes only the logger it makes
+    if isinstance(logger, TrainLogger):
+        if logger.run.path.resolve() != run.path.resolve():
+            raise ValueError(f"the logger writes into {logger.run.path}, but this run is {run.path}")
+    else:
+        logger = TrainLogger(run, progress=progress, writers=logger)
+    logger.start(steps, start)
     compiled = {}  # one executable per batch shape (buckets), compile time logged apart
     pending = []  # (step, device metrics, tokens) of the steps not yet read on the host
     window_began = time.perf_counter()
@@ -227,16 +244,23 @@ def fit(
             state = jax.device_put(state, state_shardings)
             pending.append((step + 1, metrics, tokens_in(host_batch)))
             done = step + 1 == steps
-            evaluating = evaluate is not None and ((step + 1) % train.eval_every == 0 or done)
+            scheduled = (step + 1) % train.eval_every == 0 or done
+            evaluating = evaluate is not None and scheduled
+            sampling = samples is not None and scheduled
             saving = (step + 1) % train.checkpoint_every == 0 or done
-            if (step + 1) % train.log_every == 0 or evaluating or saving:
+            if (step + 1) % train.log_every == 0 or evaluating or sampling or saving:
                 read_pending()
             if evaluating:
                 logger.evaluation(step + 1, {k: float(v) for k, v in evaluate(state).items()})
+            if sampling:
+                logger.samples(step + 1, samples(state))
             if saving:
                 manager.save(step + 1, state, {"config": config, "data_state": batches.get_state()})
     finally:
-        logger.close()
+        if owned:
+            logger.close()
+        else:
+            logger.finish()
         manager.close()
     return state
 

@@ -255,6 +255,25 @@ def test_fit_prompt_and_responses_keeps_the_prompt_end_and_cuts_responses():
     assert (fitted.prompt, fitted.prompt_truncated, fitted.response_truncated) == ([1, 2], False, False)
 
 
+def test_with_max_prompt_len_the_prompt_keeps_its_budget_and_responses_are_cut():
+    """TRL's order: the prompt is cut to max_prompt_len first, the responses to the room left
+    (not the prompt down to one token to make room for long responses)."""
+    fitted = fit_prompt_and_responses([1, 2, 3, 4, 5], [[6, 7, 8, 9, 10, 11, 0], [8, 0]], max_len=6, max_prompt_len=3)
+    assert (fitted.prompt, fitted.responses) == ([3, 4, 5], [[6, 7, 8], [8, 0]])
+    assert fitted.prompt_truncated and fitted.response_truncated
+    # a budget of max_len or more still leaves one token for every response
+    fitted = fit_prompt_and_responses([1, 2, 3, 4, 5], [[6, 0]], max_len=4, max_prompt_len=10)
+    assert (fitted.prompt, fitted.responses) == ([3, 4, 5], [[6]])
+    # brute force: every (prompt, response, budget) gives prompt = last min(p, budget, L-1) tokens
+    for p in range(1, 7):
+        for r in range(1, 7):
+            for budget in (1, 2, 4, 9):
+                fitted = fit_prompt_and_responses(list(range(p)), [list(range(10, 10 + r))], max_len=6, max_prompt_len=budget)
+                kept = min(p, budget, 5)
+                assert fitted.prompt == list(range(p))[p - kept:]
+                assert fitted.responses == [list(range(10, 10 + r))[: 6 - kept]]
+
+
 def test_a_long_prompt_keeps_its_end():
     tokenizer = ByteTokenizer()
     row = preference(prompt="abcdefgh", chosen="xy", rejected="z")
