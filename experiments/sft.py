@@ -1,7 +1,7 @@
 """``jirl run sft``: supervised fine-tuning of a pretrained model on demonstrations.
 
     jirl run sft                                       # GSM8K train, question -> answer
-    jirl run sft --set data=chats.jsonl columns={}     # {messages: [...]} conversations
+    jirl run sft --set data=chats.jsonl columns=       # {messages: [...]} conversations (columns= : no renames)
     jirl run sft --set lora.rank=0 train.steps=200 dtype=bfloat16
 
 The objective is ``jirl.train.sft.sft_loss``, the token-mean negative log-likelihood of the
@@ -58,7 +58,7 @@ GSM8K_COLUMNS = {"prompt": "question", "completion": "answer"}
 @dataclasses.dataclass
 class SFTConfig(TextConfig):
     data: str = "../shared/data/gsm8k/train.jsonl.gz"  # demonstrations: {prompt, completion}, {messages} or ShareGPT (relative paths: from the working directory)
-    columns: dict[str, str] = dataclasses.field(default_factory=lambda: dict(GSM8K_COLUMNS))  # layout field = source field; {} for none
+    columns: dict[str, str] = dataclasses.field(default_factory=lambda: dict(GSM8K_COLUMNS))  # layout field = source field; columns= for none
     max_len: Annotated[int, at_least(2)] = 256  # tokens per buffer: prompt + reply (longer replies are cut)
     max_prompt_len: Annotated[int, non_negative] = 128  # longer prompts keep their last tokens; 0: only max_len limits
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
