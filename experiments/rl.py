@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -64,6 +63,7 @@ from jirl.rl.kl import full_kl_terms
 from jirl.rl.loop import RLConfig, RLState, init_rl_state, make_rl_iteration
 from jirl.train.checkpoint import CheckpointManager
 from jirl.train.step import init_train_state
+from jirl.train.trained import is_trained_run, load_trained
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "train.jsonl.gz"
 
@@ -198,39 +198,8 @@ def dpo_implicit_reward(source: str, inputs: RewardInputs):
 # --------------------------------------------------------------------------- weights of earlier runs
 
 
-def is_run_folder(path: str) -> bool:
-    """Whether ``path`` is the folder of a ``jirl run sft|dpo|kto`` run with saved weights."""
-    folder = Path(path).expanduser()
-    return (folder / "config.json").is_file() and any((folder / sub).is_dir() for sub in ("adapters", "params"))
-
-
-def load_run_weights(folder: str):
-    """``(base, params, run_config)`` of a ``jirl run sft|dpo|kto`` run (``experiments.text_common.
-    save_weights``): its pretrained base model (``load_pretrained`` of the run's ``model``), its
-    trained weights as the plain model's parameters (LoRA adapters merged in) and its config."""
-    from jirl.models.lora import with_adapters, without_lora
-
-    folder = Path(folder).expanduser()
-    if not is_run_folder(str(folder)):
-        raise ConfigError(f"{folder} is not the folder of a `jirl run sft|dpo|kto` run (config.json and adapters/ or params/)")
-    run_config = json.loads((folder / "config.json").read_text())["config"]
-    saved = folder / ("adapters" if (folder / "adapters").is_dir() else "params")
-    with CheckpointManager(saved) as manager:
-        metadata = manager.metadata()
-        base = load_pretrained(metadata["model"])
-        if metadata["lora"] is None:
-            params, _ = manager.restore(shapes_of(base.params))
-            return base, params, run_config
-        lora = metadata["lora"]
-        model = add_lora(nnx.merge(base.graphdef, base.params), lora["rank"], lora["alpha"], tuple(lora["targets"]))
-        graphdef, lora_params = nnx.split(model)
-        adapters, _ = manager.restore(shapes_of(adapter_params(lora_params)))
-    return base, nnx.state(without_lora(nnx.merge(graphdef, with_adapters(lora_params, adapters)))), run_config
-
-
-def shapes_of(tree):
-    """The abstract (shape, dtype) tree a checkpoint is restored into."""
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+is_run_folder = is_trained_run  # a `jirl run sft|dpo|kto` folder with saved weights
+load_run_weights = load_trained  # (base, params with adapters merged, run config) of such a folder
 
 
 class RecordingReward:

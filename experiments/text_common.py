@@ -11,12 +11,10 @@ A run is
     state = train(run, config, policy, loss_fn, data.train, evaluate)   # jirl.train.loop.fit
     save_weights(run, config, policy, state)           # adapters/ (LoRA) or params/ (full)
 
-Saved weights (Orbax, ``jirl.train.checkpoint.CheckpointManager``), for a later export: with
-LoRA, ``<run>/adapters`` holds the adapter parameters alone (``adapter_params``) and its
-metadata ``{"model", "lora": {rank, alpha, targets}, "dtype", "format": "adapters"}``; load the
-base with ``load_pretrained(model)``, ``add_lora`` with the same settings and
-``with_adapters(params, restored)``. With ``lora.rank=0``, ``<run>/params`` holds the whole
-parameter state (``"format": "params"``, ``"lora": None``).
+Saved weights: the run-folder layout of ``jirl.train.trained`` (``save_trained``): with LoRA,
+``<run>/adapters`` holds the adapters alone, with ``lora.rank=0`` ``<run>/params`` every
+parameter; ``load_trained(run)`` rebuilds the trained policy (adapters merged), which
+``jirl run rl --set init=RUN`` starts from and ``jirl export RUN OUT`` writes for transformers.
 """
 
 from __future__ import annotations
@@ -38,16 +36,14 @@ from jirl.data.examples import stack_examples
 from jirl.data.loader import batch_iterator
 from jirl.experiment import RunDir
 from jirl.mdp.sampler import SamplingConfig, generate
-from jirl.models.lora import ADAPTERS, ATTENTION, adapter_params, add_lora
+from jirl.models.lora import ADAPTERS, ATTENTION, add_lora
 from jirl.models.pretrained import load_pretrained, pretrained_model
 from jirl.models.transformer import Transformer
-from jirl.train.checkpoint import CheckpointManager
 from jirl.train.logging import LogConfig, make_writers
 from jirl.train.loop import TrainConfig, fit, make_optimizer
 from jirl.train.step import TrainState, everything, init_train_state, make_update_step
+from jirl.train.trained import save_trained
 
-ADAPTERS_DIR = "adapters"  # LoRA runs: the adapters alone
-PARAMS_DIR = "params"  # full fine-tuning: every parameter
 
 
 # --------------------------------------------------------------------------- config pieces
@@ -234,13 +230,11 @@ def log_before(run: RunDir, metrics: Mapping[str, float]) -> None:
 
 
 def save_weights(run: RunDir, config: TextConfig, policy: Policy, params) -> str:
-    """The trained weights (see the module docstring); returns the folder."""
+    """The trained weights, in the run-folder layout of ``jirl.train.trained`` (adapters alone for
+    LoRA, else every parameter), which ``load_trained``, ``jirl run rl --set init=RUN`` and
+    ``jirl export RUN OUT`` read; returns the folder."""
     lora = dataclasses.asdict(config.lora) if policy.lora else None
-    folder = run.path / (ADAPTERS_DIR if policy.lora else PARAMS_DIR)
-    metadata = {"model": config.model, "lora": lora, "dtype": config.dtype, "format": ADAPTERS_DIR if policy.lora else PARAMS_DIR}
-    with CheckpointManager(folder, keep_last=1) as manager:
-        manager.save(config.train.steps, adapter_params(params) if policy.lora else params, metadata)
-    return str(folder)
+    return str(save_trained(run.path, config.train.steps, params, model=config.model, lora=lora, dtype=config.dtype))
 
 
 def curves(run: RunDir) -> dict[str, list[dict]]:

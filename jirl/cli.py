@@ -232,14 +232,35 @@ OUT_DIR``.
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
     )
     run_parser.set_defaults(command=run_command)
-    from jirl.models.export import add_export_arguments, export_command
+    from jirl.models.export import add_export_arguments
 
     export_parser = add_command(
-        "export", help="write a model as a Hugging Face folder (safetensors shards, config, tokenizer) that transformers loads"
+        "export", help="write a model or a trained run's policy as a Hugging Face folder (safetensors shards, config, "
+        "tokenizer) that transformers loads"
     )
     add_export_arguments(export_parser)
     export_parser.set_defaults(command=export_command)
     return parser
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """``jirl export SOURCE OUT_DIR``: ``SOURCE`` is a model ``load_pretrained`` reads, or the
+    folder of a ``jirl run sft|dpo|kto`` run, whose trained policy (LoRA adapters merged into its
+    base model, ``jirl.train.trained.load_trained``) is written. Returns the exit code."""
+    import dataclasses
+
+    from jirl.models import export
+    from jirl.train.trained import is_trained_run, load_trained
+
+    if not is_trained_run(args.source):
+        return export.export_command(args)
+    options = dict(dtype=args.dtype, max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+    export.check_dtype(options["dtype"])
+    export.parse_size(options["max_shard_size"])
+    base, params, _ = load_trained(args.source)
+    out = export.export_pretrained(args.out_dir, dataclasses.replace(base, params=params), **options)
+    print(f"exported the trained policy of {args.source} to {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    return 0
 
 
 def list_command(args: argparse.Namespace) -> int:

@@ -460,7 +460,8 @@ def export_reward_model(out_dir: str | Path, config: TransformerConfig, graphdef
 
 def add_export_arguments(parser) -> None:
     """The arguments of ``jirl export SOURCE OUT_DIR``."""
-    parser.add_argument("source", help="a model load_pretrained reads: a preset name, a .gguf file or a Hugging Face folder")
+    parser.add_argument("source", help="a model load_pretrained reads (a preset name, a .gguf file or a Hugging Face folder), "
+                        "or the folder of a jirl run sft|dpo|kto run (its trained policy, LoRA merged)")
     parser.add_argument("out_dir", help="the folder to write (must be empty or new, unless --overwrite)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="stored dtype of the weights (default float32)")
     parser.add_argument("--max-shard-size", default="2GB", help="split the weights into shards of at most this size, e.g. 500MB (default 2GB)")
