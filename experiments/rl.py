@@ -178,8 +178,13 @@ def dpo_implicit_reward(source: str, inputs: RewardInputs):
     policy's vocabulary."""
     if is_run_folder(source):
         dpo, params, run_config = load_run_weights(source)
+        if "beta" not in run_config:
+            raise ConfigError(
+                f"reward=dpo_implicit:{source}: that run has no beta in its config (an sft run?); give the folder of a "
+                "`jirl run dpo` (or kto) run, or a model with dpo_beta="
+            )
         reference = (dpo.graphdef, dpo.params)
-        beta = run_config.get("beta", inputs.config.dpo_beta)
+        beta = run_config["beta"]
     else:
         dpo = load_pretrained(source)
         params, reference, beta = dpo.params, inputs.reference, inputs.config.dpo_beta
@@ -311,14 +316,27 @@ def prompt_set(examples, rows: list[dict], max_prompt_tokens: int, horizon: int,
     return PromptSet(tokens, lens, [r for _, r in kept], horizon, eos_id)
 
 
+def prompt_tokenization(config: RLExperimentConfig) -> ChatTokenization:
+    """Prompt records two tokens wider than ``max_prompt_tokens``: a prompt that had to be cut
+    keeps the width less one, ``max_prompt_tokens + 1`` tokens, so ``prompt_set`` sees it is too
+    long (a cut to exactly the limit would look like a prompt that fits)."""
+    return ChatTokenization(max_len=config.max_prompt_tokens + 2, chat_template=config.chat_template)
+
+
 def load_prompts(config: RLExperimentConfig, tokenizer, context: int, run: RunDir) -> tuple[PromptSet, PromptSet, dict]:
     """Train and held-out ``PromptSet``s of ``data``/``eval_data`` and a report. Records are
-    ``max_prompt_tokens + 1`` wide, so a prompt that had to be cut is seen (and left out); each
+    ``max_prompt_tokens + 2`` wide: a prompt that had to be cut keeps ``max_prompt_tokens + 1``
+    tokens (the width less one), so it is seen by its length (and left out); each
     keeps its source row's extra fields (``read_rows`` split as ``prepare_text_dataset`` splits)."""
     from jirl.data.text_datasets import prepare_text_dataset, split_by_prompt  # brings tensorflow-datasets in: only when run
 
     columns = config.columns or None
-    tokenization = ChatTokenization(max_len=config.max_prompt_tokens + 1, chat_template=config.chat_template)
+    if config.max_prompt_tokens + config.max_new_tokens > context:
+        raise ConfigError(
+            f"max_prompt_tokens={config.max_prompt_tokens} + max_new_tokens={config.max_new_tokens} exceed the model's "
+            f"context of {context} tokens; lower one of them"
+        )
+    tokenization = prompt_tokenization(config)
     dataset = prepare_text_dataset(
         "prompt", config.data, tokenizer=tokenizer, tokenization=tokenization, data_dir=config.data_dir or run.path / "data",
         eval_data=config.eval_data or None, eval_fraction=config.eval_fraction, columns=columns, console=run.console,

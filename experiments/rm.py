@@ -71,6 +71,7 @@ from jirl.data.formats import read_rows
 from jirl.data.jsonl import read_jsonl
 from jirl.data.loader import batch_iterator
 from jirl.data.preferences import HH_ASSISTANT_MARKER, HH_HUMAN_MARKER, assign_split, hh_last_human_turn, read_hh_pairs
+from jirl.data.text_datasets import prompt_key
 from jirl.experiment import RunDir, register_experiment
 from jirl.models.heads import SequenceRewardHead
 from jirl.models.lora import ADAPTERS, ATTENTION, add_lora
@@ -223,7 +224,7 @@ def hh_rows(path: Path, context: str) -> tuple[list[PreferenceRow], list[str], d
 
 def generic_rows(path: Path) -> tuple[list[PreferenceRow], list[str], dict]:
     rows, report = read_rows(path, "preference")
-    keys = [json.dumps(row.prompt, sort_keys=True) for row in rows]
+    keys = [prompt_key(row) for row in rows]  # prepare_text_dataset's split key: one file, one split
     return rows, keys, {"format": "rows", "kept": report.kept, "dropped": report.dropped}
 
 

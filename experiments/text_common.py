@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -65,6 +66,7 @@ class TextConfig:
     data: str = ""  # a .jsonl[.gz] / .json[.gz] / .parquet file or a save_to_disk folder (relative paths: from the working directory)
     eval_data: str = ""  # held-out rows; empty: eval_fraction of data's prompts
     eval_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.1  # share of prompts held out when eval_data is empty
+    split_seed: int = 0  # which prompts are held out (apart from seed, so runs on one file share a split)
     eval_limit: Annotated[int, non_negative] = 64  # held-out examples scored at each evaluation (the first N; 0: all)
     columns: dict[str, str] = dataclasses.field(default_factory=dict)  # layout field = source field, e.g. prompt=question
     max_len: Annotated[int, at_least(2)] = 128  # tokens per buffer: prompt + response (longer responses are cut)
@@ -160,7 +162,7 @@ def prepare_data(kind: str, config: TextConfig, policy: Policy, run: RunDir):
     ``<run>/data``."""
     return prepare_text_dataset(
         kind, config.data, tokenizer=policy.tokenizer, tokenization=config.tokenization(), data_dir=run.path / "data",
-        eval_data=config.eval_data or None, eval_fraction=config.eval_fraction, seed=config.seed,
+        eval_data=config.eval_data or None, eval_fraction=config.eval_fraction, seed=config.split_seed,
         columns=dict(config.columns) or None, console=run.console, context=policy.context, vocab_size=policy.vocab_size,
     )
 
@@ -234,7 +236,14 @@ def save_weights(run: RunDir, config: TextConfig, policy: Policy, params) -> str
     LoRA, else every parameter), which ``load_trained``, ``jirl run rl --set init=RUN`` and
     ``jirl export RUN OUT`` read; returns the folder."""
     lora = dataclasses.asdict(config.lora) if policy.lora else None
-    return str(save_trained(run.path, config.train.steps, params, model=config.model, lora=lora, dtype=config.dtype))
+    return str(save_trained(run.path, config.train.steps, params, model=model_reference(config.model), lora=lora, dtype=config.dtype))
+
+
+def model_reference(model: str) -> str:
+    """``model`` as a later run reads it from any folder: an existing path made absolute, else
+    the name as given (a preset or a hub id)."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
 
 
 def curves(run: RunDir) -> dict[str, list[dict]]:

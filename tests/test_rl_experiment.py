@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import experiments.rl as rl
 from experiments.rl import (
     GPU_PRESET,
     REWARDS,
@@ -25,6 +26,7 @@ from experiments.rl import (
     exact_sequence_kl,
     load_run_weights,
     parse_reward,
+    prompt_tokenization,
     rows_by_prompt,
     train,
 )
@@ -305,3 +307,27 @@ def test_jirl_run_rl_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     for key in ("reward", "kl_to_reference", "exact_kl_to_reference", "response_length", "truncated_fraction"):
         assert all(np.isfinite(line[key]) for line in iterations), key
     assert (out / "rl.png").exists() and any((out / "adapters").iterdir())
+
+
+def test_a_prompt_over_max_prompt_tokens_is_left_out_not_cut():
+    """Records are built by prompt_tokenization: a prompt of exactly the limit is kept whole, one
+    token longer is left out (if it were cut to the limit, its chat header would be lost silently)."""
+    tokenizer = byte_chat_tokenizer(template=None)  # plain text: prompt ids = the user text's bytes
+    config = RLExperimentConfig(max_prompt_tokens=6, chat_template="none")
+    rows = [PromptRow([{"role": "user", "content": "a" * n}], f"f.jsonl:{n}", False, {"n": n}) for n in (5, 6, 7, 40)]
+    examples = [tokenize_prompt_row(row, tokenizer, prompt_tokenization(config)).example for row in rows]
+    kept = rl.prompt_set(examples, [row.extra for row in rows], config.max_prompt_tokens, 4, EOS)
+    assert [row["n"] for row in kept.rows] == [5, 6]
+    np.testing.assert_array_equal(kept.tokens[1, :6], byte_ids("a" * 6))
+
+
+def test_dpo_implicit_refuses_a_run_without_beta(tiny_model, tmp_path):
+    save_lora_run(tmp_path / "sft", str(tiny_model))
+    config_file = tmp_path / "sft" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["config"]["beta"]
+    config_file.write_text(json.dumps(saved))
+    base = load_pretrained(str(tiny_model))
+    inputs = RewardInputs(base.tokenizer, (base.graphdef, base.params), {}, 3, RLExperimentConfig())
+    with pytest.raises(ConfigError, match="no beta"):
+        REWARDS.get("dpo_implicit")(str(tmp_path / "sft"), inputs)
