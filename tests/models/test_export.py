@@ -264,3 +264,19 @@ def test_export_command_writes_a_folder_load_pretrained_reads(tmp_path, capsys):
     assert SCRIPT.max_abs_diff(reloaded_logits(tmp_path / "out"), reference["tiny_llama"]) <= 0.1
     with pytest.raises(ExportError, match="not empty"):
         export_command(args)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2", "tiny_gpt2"])
+def test_exporting_a_transformers_checkpoint_writes_its_tensors_back_unchanged(tmp_path, name):
+    """The layout check that does not go through jirl's own import rules: a folder transformers
+    saved, loaded by jirl and exported, holds the very tensors (names, shapes, values) of the
+    original file. (The loader's parity with transformers' logits is tested in test_pretrained, so
+    a transpose wrong on the way in and back out would fail there.)"""
+    original = load_file(str(FIXTURES / name / "model.safetensors"))
+    model = load_pretrained(str(FIXTURES / name))
+    export_hf(tmp_path / name, model.config, model.graphdef, model.params)
+    exported = load_file(str(tmp_path / name / "model.safetensors"))
+    tied = {"lm_head.weight"} - set(original)  # a tied head is written only when the original has it
+    assert set(exported) - tied == set(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(exported[key], value.astype(np.float32), err_msg=key)
