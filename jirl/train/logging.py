@@ -21,6 +21,7 @@ compared bit for bit with an uninterrupted one. Only process 0 writes anything.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import html
 import json
@@ -76,17 +77,17 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 # --------------------------------------------------------------------------- writers
 
 
-class MetricsWriter:
-    """Base class of a log writer: ``scalars`` to implement, the rest are no-ops. Any object
+class MetricsWriter(abc.ABC):
+    """Base class of a log writer: ``scalars`` to implement (abstract), the rest are no-ops. Any object
     with a ``scalars`` method works as a writer too (``text``, ``flush``, ``close`` are then
     called when present). Writers are context managers that ``close`` on exit."""
 
+    @abc.abstractmethod
     def scalars(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         """Record ``metrics`` at ``step``, each named ``f"{prefix}/{name}"`` (just ``name``
         without a prefix). fit's prefixes: ``train`` (each update's metrics, as in
         metrics.jsonl), ``eval`` (the ``eval/`` lines of metrics.jsonl) and ``time``
         (compile_seconds, step_seconds, tokens_per_second, as in timing.jsonl)."""
-        raise NotImplementedError
 
     def text(self, step: int, name: str, text: str) -> None:
         """Record a text (decoded samples, Markdown) under ``name`` at ``step``."""

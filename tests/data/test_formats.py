@@ -344,7 +344,7 @@ def test_a_saved_dataset_folder_without_the_datasets_package_says_how_to_install
 # ---- structural errors
 
 
-def error_on_line_2(tmp_path, kind, bad_row, match, **kwargs):
+def assert_error_on_line_2(tmp_path, kind, bad_row, match, **kwargs):
     """read_rows of a good row then ``bad_row`` raises, naming line 2 and ``match``."""
     good = {
         "preference": {"prompt": "p", "chosen": "c", "rejected": "r"},
@@ -519,12 +519,12 @@ ROW_ERRORS = {
 
 @pytest.mark.parametrize("kind, bad_row, match", ROW_ERRORS.values(), ids=ROW_ERRORS.keys())
 def test_structural_problems_raise_naming_the_row(tmp_path, kind, bad_row, match):
-    error_on_line_2(tmp_path, kind, bad_row, match)
+    assert_error_on_line_2(tmp_path, kind, bad_row, match)
 
 
 def test_a_column_clash_names_the_row(tmp_path):
     match = r"the row has both 'question' and 'prompt', and columns maps 'question' to 'prompt'"
-    error_on_line_2(tmp_path, "prompt", {"question": "q", "prompt": "p"}, match, columns={"prompt": "question"})
+    assert_error_on_line_2(tmp_path, "prompt", {"question": "q", "prompt": "p"}, match, columns={"prompt": "question"})
 
 
 def test_a_column_no_row_has_is_an_error(tmp_path):

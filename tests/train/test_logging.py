@@ -32,26 +32,11 @@ from jirl.train.logging import (
 from jirl.train.loop import TrainConfig, fit
 from jirl.train.sft import sft_loss
 from jirl.train.step import init_train_state, make_update_step
+from tests.train.test_fit_reads import Batches  # the same deterministic batches
 
 HAVE_WANDB = importlib.util.find_spec("wandb") is not None
 NEEDS_WANDB = pytest.mark.skipif(not HAVE_WANDB, reason="wandb is not installed (pip install wandb): the W&B writer is not tested")
 TRAIN = TrainConfig(steps=6, checkpoint_every=6, eval_every=3, log_every=2)
-
-
-class Batches:
-    def __init__(self):
-        self.position = 0
-
-    def __next__(self):
-        self.position += 1
-        tokens = np.random.default_rng(self.position).integers(1, 7, (8, 8)).astype(np.int32)
-        return {"tokens": tokens, "prompt_len": np.full(8, 2, np.int32), "response_len": np.full(8, 5, np.int32)}
-
-    def get_state(self):
-        return {"position": self.position}
-
-    def set_state(self, state):
-        self.position = state["position"]
 
 
 class Recorder(MetricsWriter):
