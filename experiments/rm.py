@@ -83,6 +83,7 @@ from jirl.train.checkpoint import CheckpointManager
 from jirl.train.loop import TrainConfig, fit, make_optimizer
 from jirl.train.losses import LossOutput
 from jirl.train.step import init_train_state, make_update_step
+from jirl.train.trained import shapes_of
 
 SHARED_HH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hh-rlhf-harmless"
 REWARD_MODEL_DIR = "reward_model"  # inside a run folder: reward_model.json + weights/
@@ -529,7 +530,7 @@ def load_reward_model(run_folder: str | Path) -> LoadedRewardModel:
     graphdef, params = nnx.split(model)
     trained = nnx.filter_state(params, trained_filter(lora))
     with CheckpointManager(folder / WEIGHTS_DIR) as manager:
-        restored, _ = manager.restore(jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trained))
+        restored, _ = manager.restore(shapes_of(trained))
     nnx.update(model, restored)
     score_fn = normalized_score_fn(model, info["normalization"]["mean"], info["normalization"]["std"])
     settings = ChatTokenization(info["tokenization"]["max_len"], info["tokenization"]["max_prompt_len"], info["tokenization"]["chat_template"])
