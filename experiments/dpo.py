@@ -53,7 +53,7 @@ from experiments.text_common import (
     stacked,
     train,
 )
-from jirl.config import ConfigError, Check, finite, non_negative, positive
+from jirl.config import ConfigError, Check, finite, in_range, non_negative, positive
 from jirl.experiment import RunDir, register_experiment
 from jirl.preference.losses import PREFERENCE_LOSSES, implicit_reward, is_paired, needs_reference, preference_loss_fn
 from jirl.preference.objective import PAIR_KEYS, add_reference_log_probs, pair_log_prob_sums
@@ -75,6 +75,8 @@ paired_loss = Check(
 @dataclasses.dataclass
 class DPOConfig(TextConfig):
     data: str = "../shared/data/llamafactory-demo/dpo_en_demo.json.gz"  # preference rows: TRL standard/conversational or ShareGPT (relative paths: from the working directory)
+    eval_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.25  # share of prompts held out when eval_data is empty (0.25 of the demo's 300: ~75 pairs)
+    eval_limit: Annotated[int, non_negative] = 0  # held-out pairs scored at each evaluation (the first N; 0: all)
     loss: Annotated[str, paired_loss] = "dpo"  # any paired loss of PREFERENCE_LOSSES
     beta: Annotated[float, finite, positive] = 0.1  # the KL leash; implicit reward r = beta log pi/pi_ref
     options: dict[str, float] = dataclasses.field(default_factory=dict)  # the loss's own options, e.g. label_smoothing=0.2 (cdpo), gamma=0.5 (simpo)

@@ -59,7 +59,7 @@ from experiments.text_common import (
     train,
     without_adapters,
 )
-from jirl.config import ConfigError, finite, positive
+from jirl.config import ConfigError, finite, in_range, non_negative, positive
 from jirl.experiment import RunDir, register_experiment
 from jirl.models.lora import adapter_params
 from jirl.preference.losses import PREFERENCE_LOSSES, implicit_reward, kto_kl_reference
@@ -81,6 +81,8 @@ UNPAIRED_KEYS = ("tokens", "prompt_len", "response_len", "label")
 @dataclasses.dataclass
 class KTOConfig(TextConfig):
     data: str = "../shared/data/llamafactory-demo/kto_en_demo.json.gz"  # judged replies: {prompt, completion, label}, {messages, label} or ShareGPT + kto_tag
+    eval_fraction: Annotated[float, in_range(0.0, 1.0, open_low=True)] = 0.2  # share of prompts held out when eval_data is empty (0.2 of the demo's 300: ~60 replies)
+    eval_limit: Annotated[int, non_negative] = 0  # held-out replies scored at each evaluation (the first N; 0: all)
     beta: Annotated[float, finite, positive] = 0.1  # KTO's beta (the value function's slope; the KL leash)
     desirable_weight: Annotated[float, finite, positive] = 1.0  # lambda_D
     undesirable_weight: Annotated[float, finite, positive] = 1.0  # lambda_U (the paper: lambda_D n_D / (lambda_U n_U) in [1, 4/3])
