@@ -421,10 +421,11 @@ def train_state_of(state):
 
 
 def train(config: RLExperimentConfig, run: RunDir, graphdef, ref_params, tokenizer, prompts: PromptSet, held_out: PromptSet,
-          score) -> dict:
+          score) -> tuple[dict, Any]:
     """RL of the LoRA policy ``(graphdef, ref_params)`` (adapters at zero: the reference) on
     ``prompts`` against the host-side ``score(tokens, prompt_lens, response_lens) -> [B]``:
-    ``iterations`` of ``make_rl_iteration``, evaluations on ``held_out``, the adapters saved.
+    ``iterations`` of ``make_rl_iteration``, evaluations on ``held_out``, the adapters saved;
+    returns the results and the trained parameters.
 
     Logged per iteration: ``collect``'s metrics (``reward``; ``kl_to_reference``, the batch mean of
     the ``k1`` sum ``sum_t log pi(a_t|s_t) - log pi_ref(a_t|s_t)`` over each response's sampled
@@ -475,7 +476,7 @@ def train(config: RLExperimentConfig, run: RunDir, graphdef, ref_params, tokeniz
     with CheckpointManager(run.path / "adapters") as manager:
         manager.save(config.iterations, adapter_params(params), {"lora": dataclasses.asdict(config.lora), "model": config.model})
     return {"before": evaluations[0], "after": evaluations[-1], "evaluations": evaluations, "curves": curves,
-            "seconds_per_iteration": float(np.mean(curves["seconds"]))}
+            "seconds_per_iteration": float(np.mean(curves["seconds"]))}, params
 
 
 @register_experiment("rl", config=RLExperimentConfig, description="RL of a pretrained policy (LoRA) on prompts from a file: verifier, reward-model or DPO-implicit reward, any advantage x policy loss")
@@ -493,7 +494,7 @@ def run(config: RLExperimentConfig, run: RunDir) -> dict:
     policy = add_lora(nnx.merge(base.graphdef, start), config.lora.rank, config.lora.alpha, config.lora.targets, seed=config.seed)
     graphdef, ref_params = nnx.split(policy)
     loaded = time.perf_counter()
-    results = train(config, run, graphdef, ref_params, base.tokenizer, prompts, held_out, score)
+    results, _ = train(config, run, graphdef, ref_params, base.tokenizer, prompts, held_out, score)
     seconds = {"load": loaded - started, "train_and_evaluate": time.perf_counter() - loaded, "total": time.perf_counter() - started}
     print_report(run, results)
     plot(run.path_for("rl.png"), results["curves"])

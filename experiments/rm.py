@@ -560,22 +560,33 @@ def train_reward_model(config: RMConfig, run: RunDir) -> tuple[dict, RewardModel
     ``run.path / "reward_model"``."""
     config = apply_preset(config)
     check_config(config)
-    seconds, started = {}, time.perf_counter()
-    tick = started
+    started = time.perf_counter()
     model, tokenizer, split = build_model(config.model, config.lora, config.dtype, config.seed)
     train_examples, eval_examples, data_report = prepare_pairs(config, tokenizer)
-    seconds["load_and_tokenize"], tick = time.perf_counter() - tick, time.perf_counter()
+    loaded = time.perf_counter() - started
+    results = fit_on_pairs(config, run, model, split, train_examples, eval_examples)
+    results["seconds"] = {"load_and_tokenize": loaded, **results["seconds"], "total": time.perf_counter() - started}
+    return {"model": config.model, "loss": config.loss, "data": data_report, **results}, model
+
+
+def fit_on_pairs(config: RMConfig, run: RunDir, model: RewardModel, split: int, train_examples: Sequence[dict],
+                 eval_examples: Sequence[dict]) -> dict:
+    """Train ``model`` (``build_model``'s, frozen below layer ``split``) on preference records
+    (``tokenize_preference_row``'s layout) through ``fit`` in ``run``, evaluate it on
+    ``eval_examples`` before, during and after, and save it under ``run.path / "reward_model"``
+    (``save_reward_model``, with the score normalisation of the training responses). Returns the
+    results (``before``/``after``/``train_after`` metrics, ``curves``, ``normalization``, ...)."""
+    seconds, tick = {}, time.perf_counter()
     num_layers = len(model.backbone.layers)
     run.console.print(
-        f"{data_report['train_pairs']} training and {data_report['eval_pairs']} held-out pairs; frozen part: "
+        f"{len(train_examples)} training and {len(eval_examples)} held-out pairs; frozen part: "
         f"{split} of {num_layers} layers{' (the head alone trains)' if split == num_layers else ''}"
     )
-
     folder = Path(config.feature_cache).expanduser() if config.feature_cache else run.path / "features"
     features = {name: cached_features(model, split, examples, config.feature_batch_size, folder, name)
                 for name, examples in (("train", train_examples), ("eval", eval_examples))}
     seconds["features"], tick = time.perf_counter() - tick, time.perf_counter()
-    tokens = sum(int(e["prompt_len"]) * 2 + int(e["chosen_len"]) + int(e["rejected_len"]) for e in train_examples + eval_examples)
+    tokens = sum(int(e["prompt_len"]) * 2 + int(e["chosen_len"]) + int(e["rejected_len"]) for e in [*train_examples, *eval_examples])
     run.console.print(f"frozen part over {tokens} tokens: {seconds['features']:.0f} s")
 
     upper = UpperPart(model, split)
@@ -606,17 +617,15 @@ def train_reward_model(config: RMConfig, run: RunDir) -> tuple[dict, RewardModel
     mean, std = float(raw.mean()), float(raw.std() + 1e-6)
     save_reward_model(run.path / REWARD_MODEL_DIR, model, config, split, mean, std)
     seconds["evaluate_and_save"] = time.perf_counter() - tick
-    seconds["total"] = time.perf_counter() - started
     run.console.print(f"after:  held-out accuracy {after['accuracy']:.3f} ± {after['accuracy_se']:.3f}, loss {after['loss']:.4f} "
                       f"(train accuracy {train_metrics['accuracy']:.3f})")
     curves = read_curves(run.path / "metrics.jsonl")
     plot(run.path_for("rm.png"), curves)
     return {
-        "model": config.model, "loss": config.loss, "data": data_report, "first_adapted_layer": split, "num_layers": num_layers,
-        "before": before, "after": after, "train_after": train_metrics, "curves": curves,
-        "normalization": {"mean": mean, "std": std}, "reward_model": str(run.path / REWARD_MODEL_DIR),
+        "first_adapted_layer": split, "num_layers": num_layers, "before": before, "after": after, "train_after": train_metrics,
+        "curves": curves, "normalization": {"mean": mean, "std": std}, "reward_model": str(run.path / REWARD_MODEL_DIR),
         "tokens_through_frozen_part": tokens, "seconds": seconds,
-    }, model
+    }
 
 
 def read_curves(path: Path) -> dict:

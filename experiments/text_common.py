@@ -40,7 +40,7 @@ from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.lora import ADAPTERS, ATTENTION, add_lora
 from jirl.models.pretrained import load_pretrained, pretrained_model
 from jirl.models.transformer import Transformer
-from jirl.train.logging import LogConfig, make_writers
+from jirl.train.logging import LogConfig, make_writers, replay_evaluation
 from jirl.train.loop import TrainConfig, fit, make_optimizer
 from jirl.train.step import TrainState, everything, init_train_state, make_update_step
 from jirl.train.trained import save_trained
@@ -210,12 +210,15 @@ def train(run: RunDir, config: TextConfig, graphdef, params, trainable, loss_fn,
     """``config.train.steps`` updates of ``loss_fn`` (``make_update_step``, AdamW with warm-up and
     cosine decay) on batches of ``source`` through ``fit``: metrics.jsonl, ``evaluate`` every
     ``train.eval_every`` steps (logged as ``eval/...``), checkpoints, ``--resume``; the writers
-    ``config.log`` asks for (TensorBoard, Weights & Biases)."""
+    ``config.log`` asks for (TensorBoard, Weights & Biases), which also get the step-0
+    evaluation ``log_before`` wrote before they existed (once: not again on resume)."""
     optimizer = make_optimizer(config.train)
     state = init_train_state(params, optimizer, jax.random.key(config.seed), trainable=trainable)
     step = make_update_step(loss_fn, optimizer, config.train.accumulation_steps)
     writers = make_writers(config.log, run, config_to_dict(config))
     try:
+        if not run.resume:  # a resumed run's writers got it when the run began
+            replay_evaluation(run, writers, step=0)
         with batch_iterator(source, config.train.batch_size, seed=config.seed) as batches:
             return fit(run, step, state, batches, config=config_to_dict(config), train=config.train, resume=run.resume,
                        evaluate=evaluate, logger=writers)
@@ -226,7 +229,7 @@ def train(run: RunDir, config: TextConfig, graphdef, params, trainable, loss_fn,
 
 def log_before(run: RunDir, metrics: Mapping[str, float]) -> None:
     """The held-out metrics of the initial model, as step 0 of metrics.jsonl (not again on resume:
-    the line is already there)."""
+    the line is already there); ``train`` sends them on to the log writers it makes."""
     if not run.resume:
         run.log(0, **{f"eval/{k}": float(v) for k, v in metrics.items()})
 

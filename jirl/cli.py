@@ -225,7 +225,8 @@ OUT_DIR``.
         nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set seed=1 model.d_model=64 (repeatable)",
+        help="override a config field, e.g. --set seed=1 model.d_model=64 (repeatable); a dict or list "
+        "whose values hold commas as JSON, e.g. --set 'columns={\"prompt\": \"a,b\"}'",
     )
     run_parser.add_argument("--out", help="output folder (default: runs/<name>-<timestamp>)")
     run_parser.add_argument(

@@ -8,7 +8,9 @@ annotation. Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``Lite
 A dict field holds named options (``policy_loss_options: dict[str, float]``): one entry is
 set with its name as the last key part, ``rl.policy_loss_options.clip_low=0.1``, the whole dict
 with ``rl.policy_loss_options=clip_low=0.1,dual_clip=3`` (empty text: no entries). ``Any``
-values are read as none, true/false, an int, a float or else the text itself.
+values are read as none, true/false, an int, a float or else the text itself. A dict or a tuple
+may also be written as a JSON object or list (``columns={"prompt": "a,b"}``, ``tags=["a,b"]``),
+the form for values that hold commas.
 
 Allowed values are declared with the field, ``d_model: Annotated[int, positive] = 8``, and a
 config class may add rules that tie fields together in a ``validate(self)`` method that raises
@@ -17,8 +19,9 @@ overrides are applied, before an experiment does any work.
 
 A field's explanatory comment is the ``# ...`` written with it in the source, at the end of its
 line or on the comment lines just above it (``field_comments``). A config file (YAML or JSON,
-``apply_config_file``) is a nested mapping of the same keys; its entries are turned into
-``key=value`` overrides, so they are parsed and checked exactly as the command line's are.
+``apply_config_file``) is a nested mapping of the same keys; a scalar value in it is read as the
+text of a ``key=value`` override, so it is parsed and checked exactly as the command line's is,
+and a mapping or list value is read item by item (its text is never split at commas).
 ``config_to_yaml`` writes a config, comments included, as such a file.
 """
 
@@ -128,9 +131,10 @@ def describe_type(annotation: Any) -> str:
         return phrase + " or none" if allows_none else phrase
     if origin is tuple:
         item_names = [format_type(t) for t in typing.get_args(annotation) if t is not Ellipsis]
-        return f"a comma-separated list of {' and '.join(sorted(set(item_names)))} values"
+        return f"a comma-separated list of {' and '.join(sorted(set(item_names)))} values (or a JSON list)"
     if is_dict(annotation):
-        return f"comma-separated name=value entries, each value {describe_type(dict_value_type(annotation))}"
+        value_type = describe_type(dict_value_type(annotation))
+        return f"comma-separated name=value entries, each value {value_type} (or a JSON object)"
     if annotation is Any:
         return "a number, true/false, none or text"
     return format_type(annotation)
@@ -159,6 +163,10 @@ def parse_text(text: str, annotation: Any) -> Any:
         return parse_literal(text, typing.get_args(annotation))
     if is_union(annotation):
         return parse_union(text, annotation)
+    if origin is tuple or is_dict(annotation):
+        data = json_container(text, dict if is_dict(annotation) else list)
+        if data is not None:
+            return value_from_data(data, annotation)
     if origin is tuple:
         items = [item.strip() for item in text.split(",")] if text.strip() else []
         item_types = tuple_item_types(annotation, len(items))
@@ -166,6 +174,53 @@ def parse_text(text: str, annotation: Any) -> Any:
     if is_dict(annotation):
         return parse_entries(text, dict_value_type(annotation))
     raise TypeError(f"unsupported config annotation {format_type(annotation)}")
+
+
+def json_container(text: str, kind: type) -> dict | list | None:
+    """``text`` read as JSON when it is a JSON object (``kind`` dict) or list (``kind`` list),
+    else None: the form of a dict or tuple override whose values hold commas."""
+    if not text.lstrip().startswith("{" if kind is dict else "["):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, kind) else None
+
+
+def value_from_data(data: Any, annotation: Any) -> Any:
+    """YAML/JSON ``data`` (a config file's value, or a JSON override's) as ``annotation``'s
+    type: a mapping for a dict field and a list for a tuple field item by item, so text in them
+    stays whole; any other value as the text an override would write for it (``format_value``,
+    ``parse_text``), so ``lr: 1e-4`` and ``max_steps: null`` read as on the command line.
+    ValueError if it does not fit."""
+    members = union_members(annotation)[0] if is_union(annotation) else [annotation]
+    shaped = [member for member in members if has_shape_of(data, member)]
+    for member in shaped:
+        try:
+            return container_from_data(data, member)
+        except ValueError:
+            if member is shaped[-1]:
+                raise
+    return parse_text(format_value(data), annotation)
+
+
+def has_shape_of(data: Any, annotation: Any) -> bool:
+    """Whether ``data`` is a mapping and ``annotation`` a dict, or ``data`` a list and
+    ``annotation`` a tuple."""
+    if isinstance(data, Mapping):
+        return is_dict(annotation)
+    return isinstance(data, (list, tuple)) and typing.get_origin(annotation) is tuple
+
+
+def container_from_data(data: Mapping | Sequence, annotation: Any) -> dict | tuple:
+    """A mapping as dict annotation ``annotation``, or a list as tuple annotation ``annotation``,
+    each item read by ``value_from_data``; ValueError if an item does not fit."""
+    if is_dict(annotation):
+        value_type = dict_value_type(annotation)
+        return {str(name): value_from_data(item, value_type) for name, item in data.items()}
+    item_types = tuple_item_types(annotation, len(data))
+    return tuple(value_from_data(item, t) for item, t in zip(data, item_types))
 
 
 def parse_any(text: str) -> Any:
@@ -246,18 +301,23 @@ def parse_override(cls: type, override: str) -> tuple[str, Any]:
     key one part below a dict field (``rl.policy_loss_options.clip_low``) is typed by the dict's
     value annotation."""
     key, text = split_override(override)
-    leaves = leaf_annotations(cls)
-    field, _, entry = key.rpartition(".")
-    if key not in leaves and entry and is_dict(leaves.get(field)):
-        annotation = dict_value_type(leaves[field])
-    elif key not in leaves:
-        raise ConfigError(not_a_leaf_message(key, leaves))
-    else:
-        annotation = leaves[key]
+    annotation = key_annotation(leaf_annotations(cls), key)
     try:
         return key, parse_text(text, annotation)
     except ValueError:
         raise ConfigError(f"{key} expects {describe_type(annotation)}, got {text!r}") from None
+
+
+def key_annotation(leaves: Mapping[str, Any], key: str) -> Any:
+    """The annotation that types a value set at dotted ``key``, for a config class with settable
+    keys ``leaves`` (``leaf_annotations``): the leaf's own, or the dict's value annotation for a
+    key one part below a dict field. ConfigError if ``key`` cannot be set."""
+    field, _, entry = key.rpartition(".")
+    if key not in leaves and entry and is_dict(leaves.get(field)):
+        return dict_value_type(leaves[field])
+    if key not in leaves:
+        raise ConfigError(not_a_leaf_message(key, leaves))
+    return leaves[key]
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -647,40 +707,81 @@ def parse_config_text(text: str, kind: str, path: Path) -> Any:
         raise ConfigError(f"config file {path} is not valid {kind}: {detail}; fix the file") from None
 
 
-def mapping_overrides(data: Mapping[Any, Any], leaves: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """The entries of a config file's nested mapping ``data`` as ``key=value`` overrides, in the
-    file's order, for a config class with settable dotted keys ``leaves``. A key may be dotted
-    (``train.steps: 10``); a mapping under a key that is not a leaf is walked into (a nested
-    config), one under a leaf is that leaf's value (a dict field's whole set of entries). Values
-    are written as an override would write them (``format_value``), so ``parse_override`` types
-    and checks them as it does the command line's."""
-    overrides = []
+def mapping_entries(data: Mapping[Any, Any], leaves: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """The entries of a config file's nested mapping ``data`` as (dotted key, value as the file
+    holds it), in the file's order, for a config class with settable dotted keys ``leaves``. A
+    key may be dotted (``train.steps: 10``); a mapping under a key that is not a leaf is walked
+    into (a nested config), one under a leaf is that leaf's value (a dict field's whole set of
+    entries)."""
+    entries = []
     for name, value in data.items():
         key = prefix + str(name)
         if isinstance(value, Mapping) and key not in leaves:
-            overrides += mapping_overrides(value, leaves, prefix=key + ".")
+            entries += mapping_entries(value, leaves, prefix=key + ".")
         else:
-            overrides.append(f"{key}={format_value(value)}")
-    return overrides
+            entries.append((key, value))
+    return entries
+
+
+def file_setting(key: str, data: Any, leaves: Mapping[str, Any]) -> tuple[Any, str]:
+    """The typed value that a config file's ``data`` at dotted ``key`` sets (``value_from_data``)
+    and the ``key=value`` override that sets the same value from the command line: the text
+    ``format_value`` writes where it reads back to that value, else (a dict or a list whose text
+    holds commas, say) JSON. ConfigError for a key that cannot be set or a value that does not
+    fit, worded as for an override."""
+    annotation = key_annotation(leaves, key)
+    try:
+        value = value_from_data(data, annotation)
+    except ValueError:
+        shown = data if isinstance(data, (Mapping, list, tuple)) else format_value(data)
+        raise ConfigError(f"{key} expects {describe_type(annotation)}, got {shown!r}") from None
+    return value, f"{key}={override_text(data, value, annotation)}"
+
+
+def override_text(data: Any, value: Any, annotation: Any) -> str:
+    """The text of an override that sets ``value`` (read from a file's ``data``) for
+    ``annotation``: ``format_value(data)`` where ``parse_text`` reads it back to ``value``, else,
+    for a dict or tuple, ``value`` as JSON (which ``parse_text`` reads item by item)."""
+    text = format_value(data)
+    if not isinstance(value, (Mapping, tuple)):
+        return text
+    try:
+        if parse_text(text, annotation) == value:
+            return text
+    except ValueError:
+        pass
+    return json.dumps(to_plain(value), ensure_ascii=False)
+
+
+def mapping_overrides(data: Mapping[Any, Any], leaves: Mapping[str, Any]) -> list[str]:
+    """The ``key=value`` overrides that set the values of a config file's nested mapping
+    ``data`` (``mapping_entries``, ``file_setting``), for a config class with settable dotted
+    keys ``leaves``: applied with ``apply_overrides`` they give the config the file gives."""
+    return [file_setting(key, value, leaves)[1] for key, value in mapping_entries(data, leaves)]
 
 
 def config_file_overrides(cls: type, path: Path | str) -> list[str]:
-    """The ``key=value`` overrides that the config file at ``path`` holds for config class
-    ``cls`` (``read_config_file``, ``mapping_overrides``), before they are checked."""
+    """The ``key=value`` overrides that set the values of the config file at ``path`` for config
+    class ``cls`` (``read_config_file``, ``mapping_overrides``)."""
     return mapping_overrides(read_config_file(path), leaf_annotations(cls))
 
 
 def apply_config_file(config: C, path: Path | str) -> tuple[C, list[str]]:
-    """``config`` with the values of the YAML or JSON config file at ``path`` applied, and those
-    values as the ``key=value`` overrides that set them (which ``apply_overrides`` would apply
-    the same way). Each is parsed and checked like a command-line override; an unknown key or a
-    value that does not fit raises ``ConfigError`` naming the file."""
-    overrides = config_file_overrides(type(config), path)
-    for override in overrides:
+    """``config`` with the values of the YAML or JSON config file at ``path`` applied, and the
+    ``key=value`` overrides that set the same values (``file_setting``; ``apply_overrides``
+    applies them to the same effect, so a recorded command line reruns the file's config). A
+    mapping or list value is taken item by item, so text in it may hold commas; a scalar is read
+    as the text of a command-line override. An unknown key or a value that does not fit raises
+    ``ConfigError`` naming the file."""
+    leaves = leaf_annotations(type(config))
+    overrides = []
+    for key, data in mapping_entries(read_config_file(path), leaves):
         try:
-            config = apply_overrides(config, [override])
+            value, override = file_setting(key, data, leaves)
         except ConfigError as error:
             raise ConfigError(f"config file {path}: {error}") from None
+        config = replace_path(config, key.split("."), value)
+        overrides.append(override)
     return config, overrides
 
 

@@ -429,6 +429,51 @@ def test_bad_config_files_are_user_errors_naming_the_file(tmp_path, capsys, file
     assert not (tmp_path / "r").exists()
 
 
+COLUMNS = "_test_columns"
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnsConfig:
+    seed: int = 0
+    columns: dict[str, str] = dataclasses.field(default_factory=lambda: {"prompt": "prompt"})
+    tags: tuple[str, ...] = ()
+
+
+register_experiment(COLUMNS, config=ColumnsConfig, description="Test-only experiment with a dict field")(
+    lambda config, run: {"seed": config.seed})
+
+
+@pytest.mark.parametrize("file_name, text", [
+    ("c.yaml", 'columns: {prompt: "a,b", chosen: "it\'s, \\"quoted\\""}\ntags: ["x,y"]\n'),
+    ("c.json", json.dumps({"columns": {"prompt": "a,b", "chosen": 'it\'s, "quoted"'}, "tags": ["x,y"]})),
+])
+def test_config_file_dict_values_with_commas_run_and_their_command_reruns(tmp_path, capsys, file_name, text):
+    import shlex
+
+    path = write_text(tmp_path / file_name, text)
+    first = tmp_path / "first"
+    code, _, stderr = run_cli(capsys, "run", COLUMNS, "--config", str(path), "--set", "seed=2", "--out", str(first))
+    assert code == 0, stderr
+    config = config_from_dict(ColumnsConfig, read_json(first / "config.json")["config"])
+    assert config == ColumnsConfig(seed=2, columns={"prompt": "a,b", "chosen": 'it\'s, "quoted"'}, tags=("x,y",))
+    path.unlink()  # the recorded command reruns the same config without the file
+    words = shlex.split(read_json(first / "run.json")["command"])
+    words[words.index("--out") + 1] = str(tmp_path / "again")
+    code, _, stderr = run_cli(capsys, *words[1:])
+    assert code == 0, stderr
+    assert read_json(tmp_path / "again" / "config.json") == read_json(first / "config.json")
+
+
+def test_set_wins_over_a_config_file_dict(tmp_path, capsys):
+    path = write_text(tmp_path / "c.yaml", 'columns: {prompt: "a,b", chosen: c}\n')
+    out = tmp_path / "r"
+    code, _, stderr = run_cli(capsys, "run", COLUMNS, "--config", str(path), "--set", "columns.prompt=p",
+                              '--set', 'tags=["u,v"]', "--out", str(out))
+    assert code == 0, stderr
+    assert read_json(out / "config.json")["config"] == {"seed": 0, "columns": {"prompt": "p", "chosen": "c"},
+                                                        "tags": ["u,v"]}
+
+
 def test_missing_config_file_is_a_user_error(tmp_path, capsys):
     missing = tmp_path / "nowhere.yaml"
     code, _, stderr = run_cli(capsys, "run", ECHO, "--config", str(missing), "--out", str(tmp_path / "r"))

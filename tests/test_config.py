@@ -467,3 +467,48 @@ def test_yaml_of_a_config_has_comments_and_reads_back_equal(tmp_path):
     assert restored == config
     with_none, _ = apply_config_file(CommentedConfig(), write(tmp_path / "n.yaml", config_to_yaml(CommentedConfig(note=None))))
     assert with_none.note is None
+
+
+@dataclasses.dataclass(frozen=True)
+class ColumnsConfig:
+    columns: dict[str, str] = dataclasses.field(default_factory=lambda: {"prompt": "prompt"})
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    sizes: tuple[int, ...] | None = None
+
+
+COMMA_FILES = {
+    "c.yaml": 'columns: {prompt: "a,b", answer: "x=y"}\nweights: {"w,1": 1e-3}\ntags: ["p,q", " r"]\nsizes: [1, 2]\n',
+    "c.json": json.dumps({"columns": {"prompt": "a,b", "answer": "x=y"}, "weights": {"w,1": 0.001},
+                          "tags": ["p,q", " r"], "sizes": [1, 2]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(COMMA_FILES))
+def test_config_file_mapping_and_list_values_keep_their_commas(tmp_path, name):
+    from jirl.config import apply_config_file
+
+    config, overrides = apply_config_file(ColumnsConfig(), write(tmp_path / name, COMMA_FILES[name]))
+    assert config == ColumnsConfig(columns={"prompt": "a,b", "answer": "x=y"}, weights={"w,1": 1e-3},
+                                   tags=("p,q", " r"), sizes=(1, 2))
+    assert overrides[0] == 'columns={"prompt": "a,b", "answer": "x=y"}'  # JSON: the entries text would split
+    assert overrides[3] == "sizes=1,2"  # the plain form where it reads back the same
+    assert apply_overrides(ColumnsConfig(), overrides) == config  # the recorded overrides rerun it
+    assert apply_overrides(config, ["columns.prompt=z"]).columns == {"prompt": "z", "answer": "x=y"}  # --set wins
+
+
+def test_dict_and_tuple_overrides_may_be_json():
+    config = apply_overrides(ColumnsConfig(), ['columns={"prompt": "a,b"}', 'tags=["c,d"]', "sizes=[3]", "weights={}"])
+    assert config == ColumnsConfig(columns={"prompt": "a,b"}, tags=("c,d",), sizes=(3,))
+    assert apply_overrides(ColumnsConfig(), ["tags=[a,b"]).tags == ("[a", "b")  # not JSON: the comma-separated form
+    with pytest.raises(ConfigError, match=r"weights expects .* \(or a JSON object\), got '\{\"a\": \"x\"\}'"):
+        apply_overrides(ColumnsConfig(), ['weights={"a": "x"}'])
+
+
+def test_a_config_file_value_of_the_wrong_shape_names_the_key(tmp_path):
+    from jirl.config import apply_config_file
+
+    with pytest.raises(ConfigError, match=r"c.yaml: weights expects .*, got \{'a': 'x'\}"):
+        apply_config_file(ColumnsConfig(), write(tmp_path / "c.yaml", "weights: {a: x}\n"))
+    with pytest.raises(ConfigError, match=r"sizes expects .*, got \['a'\]"):
+        apply_config_file(ColumnsConfig(), write(tmp_path / "c.yaml", "sizes: [a]\n"))

@@ -246,6 +246,32 @@ def make_writers(log: LogConfig, run: RunDir, config: Mapping[str, Any] | None =
     return writers
 
 
+def logged_evaluation(run: RunDir, step: int) -> dict[str, float]:
+    """The ``eval/`` metrics that ``run``'s metrics.jsonl holds for ``step``, named without the
+    prefix (empty when it holds none; a torn line is skipped)."""
+    path = run.path / METRICS_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    metrics = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step") == step:
+            metrics.update({name[5:]: value for name, value in row.items() if name.startswith("eval/")})
+    return metrics
+
+
+def replay_evaluation(run: RunDir, writers: Sequence[Any], step: int = 0) -> None:
+    """Send the evaluation of ``step`` that metrics.jsonl already holds to each of ``writers``
+    as ``fit`` sends its own (``scalars(step, metrics, "eval")``): for metrics written with
+    ``run.log`` before the writers existed, such as the initial model's at step 0."""
+    metrics = logged_evaluation(run, step) if writers else {}
+    if metrics:
+        for writer in writers:
+            writer.scalars(step, {name: float(value) for name, value in metrics.items()}, "eval")
+
+
 # --------------------------------------------------------------------------- the logger
 
 

@@ -28,6 +28,7 @@ from jirl.train.logging import (
     WandbWriter,
     format_samples,
     make_writers,
+    replay_evaluation,
 )
 from jirl.train.loop import TrainConfig, fit
 from jirl.train.sft import sft_loss
@@ -130,6 +131,20 @@ def test_several_writers_and_a_shared_train_logger(tmp_path, model):
     train(model, RunDir(tmp_path / "again", console=None), logger=TrainLogger(RunDir(tmp_path / "again"), progress=False, writers=[]))
     logger.close()
     assert logger.writers[0].closed
+
+
+def test_an_evaluation_logged_before_the_writers_is_replayed_to_them(tmp_path):
+    run = RunDir(tmp_path, console=None)
+    first, second = Recorder(), Recorder()
+    replay_evaluation(run, [first], step=0)  # no metrics.jsonl yet: nothing to send
+    run.log(0, **{"eval/nll": 2.5, "eval/accuracy": 0.25})
+    run.log(1, loss=1.0)
+    with (tmp_path / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"step": 0, "eval/torn')  # a line cut by a kill is skipped
+    replay_evaluation(run, [first, second], step=0)
+    assert first.calls == second.calls == [(0, "eval", {"nll": 2.5, "accuracy": 0.25})]
+    replay_evaluation(run, [first], step=1)  # a step without eval/ metrics sends nothing
+    assert len(first.calls) == 1
 
 
 def test_something_that_is_not_a_writer_is_refused(tmp_path, model):
