@@ -98,7 +98,9 @@ def pair_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chose
                  options: dict | None = None, sft_weight: float = 0.0) -> dict[str, float]:
     """Held-out metrics of pairs from their sequence log-prob sums (arrays ``[N]``): the loss as the
     objective computes it, and the implicit rewards r = beta (log pi - log pi_ref) of each reply:
-    ``accuracy`` = mean [r+ > r-], ``reward_chosen``, ``reward_rejected``, ``margin`` = mean r+ - r-."""
+    ``accuracy`` = mean [r+ > r-] with its binomial standard error ``accuracy_se`` =
+    sqrt(p (1 - p) / n), ``reward_chosen``, ``reward_rejected``, ``margin`` = mean r+ - r- with
+    ``margin_se`` = the per-pair margins' standard deviation / sqrt(n), and ``pairs`` = n."""
     pc, pr, rc, rr = (jnp.asarray(x, jnp.float32) for x in (policy_chosen, policy_rejected, ref_chosen, ref_rejected))
     chosen_nll = -pc / jnp.maximum(jnp.asarray(chosen_len, jnp.float32), 1.0)
     per_pair = preference_loss_fn(loss, options)(
@@ -106,12 +108,18 @@ def pair_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chose
         rejected_len=jnp.asarray(rejected_len), chosen_nll_per_token=chosen_nll,
     ) + sft_weight * chosen_nll
     reward_chosen, reward_rejected = implicit_reward(pc, rc, beta), implicit_reward(pr, rr, beta)
+    right = np.asarray(reward_chosen > reward_rejected, np.float64)
+    margins = np.asarray(reward_chosen - reward_rejected, np.float64)
+    n = len(margins)
     return {
         "loss": float(jnp.mean(per_pair)),
-        "accuracy": float(jnp.mean((reward_chosen > reward_rejected).astype(jnp.float32))),
+        "accuracy": float(right.mean()),
+        "accuracy_se": float(np.sqrt(right.mean() * (1 - right.mean()) / n)),
         "reward_chosen": float(jnp.mean(reward_chosen)),
         "reward_rejected": float(jnp.mean(reward_rejected)),
-        "margin": float(jnp.mean(reward_chosen - reward_rejected)),
+        "margin": float(margins.mean()),
+        "margin_se": float(margins.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        "pairs": n,
     }
 
 

@@ -149,7 +149,7 @@ class IRLTextConfig:
         """The RL stage's settings as ``jirl run rl`` takes them."""
         rl = self.rl if kl_coef is None else dataclasses.replace(self.rl, kl_coef=kl_coef)
         return rl_experiment.RLExperimentConfig(
-            seed=self.seed, model=self.model, max_prompt_tokens=self.max_prompt_tokens, max_new_tokens=self.max_new_tokens,
+            seed=self.seed, model=self.model, init=self.init, max_prompt_tokens=self.max_prompt_tokens, max_new_tokens=self.max_new_tokens,
             lora=self.lora, rl=rl, iterations=self.iterations, learning_rate=self.learning_rate,
             accumulation_steps=self.accumulation_steps, exact_kl=self.exact_kl, eval_prompts=self.eval_prompts,
             eval_every=self.eval_every, show_samples=self.show_samples,
@@ -320,7 +320,8 @@ def run(config: IRLTextConfig, run: RunDir) -> dict:
     nll_before = demo_nll(q_params)
     kl_coef = config.beta / learned.scale
     run.console.print(f"RL from Q against the learned reward: KL coefficient beta / std = {config.beta} / {learned.scale:.4f} = {kl_coef:.4f}")
-    rl_results, params = rl_experiment.train(config.rl_config(kl_coef), run, graphdef, q_params, base.tokenizer, prompts, held_out,
+    rl_config = dataclasses.replace(config.rl_config(kl_coef), model=backbone)
+    rl_results, params = rl_experiment.train(rl_config, run, graphdef, q_params, base.tokenizer, prompts, held_out,
                                              learned.score)
     nll_after = demo_nll(params)
     seconds["rl"] = time.perf_counter() - tick

@@ -171,8 +171,18 @@ def kto_metrics(policy_logp, ref_logp, policy_mismatched, ref_mismatched, label,
         desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
     )
     reward = implicit_reward(jnp.asarray(policy_logp), jnp.asarray(ref_logp), beta)
-    metrics = {"loss": jnp.mean(per_example), **reward_metrics(reward, desirable), "kl": kl}
-    return {k: float(v) for k, v in metrics.items()}
+    metrics = {k: float(v) for k, v in {"loss": jnp.mean(per_example), **reward_metrics(reward, desirable), "kl": kl}.items()}
+    return {**metrics, **standard_errors(np.asarray(reward, np.float64), np.asarray(desirable), metrics["accuracy"])}
+
+
+def standard_errors(reward: np.ndarray, desirable: np.ndarray, accuracy: float) -> dict[str, float]:
+    """``accuracy_se`` = sqrt(p (1 - p) / n) (binomial), ``margin_se`` = sqrt(s_D^2 / n_D + s_U^2 /
+    n_U) (the difference of two independent means), and the counts ``examples``, ``desirable``."""
+    n = len(reward)
+    good, bad = reward[desirable], reward[~desirable]
+    spread = [part.var(ddof=1) / len(part) if len(part) > 1 else float("nan") for part in (good, bad)]
+    return {"accuracy_se": float(np.sqrt(accuracy * (1 - accuracy) / n)), "margin_se": float(np.sqrt(sum(spread))),
+            "examples": n, "desirable": int(desirable.sum())}
 
 
 def held_out_mismatched(examples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

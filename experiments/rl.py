@@ -46,13 +46,14 @@ import optax
 from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from experiments.text_common import model_reference
 from jirl.config import Check, ConfigError, at_least, finite, non_negative, positive, registered
 from jirl.data.chat_tokenize import ChatTokenization
 from jirl.data.errors import DataError
 from jirl.data.formats import read_rows
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.sampler import SamplingConfig, generate
-from jirl.models.lora import ADAPTERS, ATTENTION, adapter_params, add_lora
+from jirl.models.lora import ADAPTERS, ATTENTION, add_lora
 from jirl.models.pretrained import is_model_name, load_pretrained, pretrained_model
 from jirl.models.scoring import gather_response, response_mask
 from jirl.preference.implicit import implicit_sequence_rewards
@@ -61,9 +62,8 @@ from jirl.rewards.models import terminal_rewards
 from jirl.rewards.verifiable import exact_match_rewards
 from jirl.rl.kl import full_kl_terms
 from jirl.rl.loop import RLConfig, RLState, init_rl_state, make_rl_iteration
-from jirl.train.checkpoint import CheckpointManager
 from jirl.train.step import init_train_state
-from jirl.train.trained import is_trained_run, load_trained
+from jirl.train.trained import is_trained_run, load_trained, save_trained
 
 GSM8K_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "train.jsonl.gz"
 
@@ -473,8 +473,8 @@ def train(config: RLExperimentConfig, run: RunDir, graphdef, ref_params, tokeniz
 
     params = train_state_of(state).full_params
     evaluations.append(evaluation(params, config.iterations))
-    with CheckpointManager(run.path / "adapters") as manager:
-        manager.save(config.iterations, adapter_params(params), {"lora": dataclasses.asdict(config.lora), "model": config.model})
+    save_trained(run.path, config.iterations, params, model=model_reference(config.model), lora=dataclasses.asdict(config.lora),
+                 dtype="float32", init=config.init or None)
     return {"before": evaluations[0], "after": evaluations[-1], "evaluations": evaluations, "curves": curves,
             "seconds_per_iteration": float(np.mean(curves["seconds"]))}, params
 
@@ -484,7 +484,11 @@ def run(config: RLExperimentConfig, run: RunDir) -> dict:
     config = apply_preset(config)
     kind, argument = parse_reward(config.reward)
     started = time.perf_counter()
-    base, start = (load_run_weights(config.init)[:2] if config.init else (load_pretrained(config.model), None))
+    if config.init:  # the policy starts from that run's trained weights, on its base model
+        base, start, init_config = load_run_weights(config.init)
+        config = dataclasses.replace(config, model=init_config.get("model", config.model))
+    else:
+        base, start = load_pretrained(config.model), None
     if base.tokenizer is None:
         raise ConfigError(f"model {config.model!r} has no tokenizer; rl decodes prompts and replies with it")
     start = base.params if start is None else start  # the policy's starting weights, before adapters: the reference

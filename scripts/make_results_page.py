@@ -750,6 +750,7 @@ class Section:
     findings: Callable[[dict], list[Finding]]  # {folder: results} of the runs present -> the stated findings
     published: str  # what the published work reports
     published_short: str  # for the summary table
+    compared_with: tuple[str, ...] = ()  # other sections' record folders whose results the findings also read
 
 
 SECTIONS: tuple[Section, ...] = (
@@ -969,11 +970,14 @@ def safe(call: Callable, *args) -> Any:
         return f"⚠ could not render ({type(error).__name__}: {error})"
 
 
-def section_findings(section: Section, runs: list[Run]) -> list[Finding]:
-    """The section's findings over the runs that have results; a renderer crash is a failed finding."""
+def section_findings(section: Section, runs: list[Run], records: dict[str, dict] | None = None) -> list[Finding]:
+    """The section's findings over the runs that have results (and the records of
+    ``section.compared_with`` among ``records``, {folder: results} of every section); a renderer
+    crash is a failed finding."""
     present = {run.spec.folder: run.results for run in runs if run.results is not None}
     if not present:
         return []
+    present.update({folder: (records or {})[folder] for folder in section.compared_with if folder in (records or {})})
     try:
         return section.findings(present)
     except Exception as error:  # noqa: BLE001
@@ -1017,7 +1021,8 @@ def render_finding(f: Finding, link: str = "") -> str:
     return f"- {mark} {f.claim}{link} {f.evidence} *Guarded by* `{f.test}`."
 
 
-def render_section(index: int, section: Section, runs: list[Run], figures_dir: Path, page: Path) -> str:
+def render_section(index: int, section: Section, runs: list[Run], figures_dir: Path, page: Path,
+                   records: dict[str, dict] | None = None) -> str:
     out = [f"## {index}. {section.title} (`{section.experiment}`)", "", section.about, ""]
     for run in runs:
         caption = f" — {run.spec.caption}" if run.spec.caption else ""
@@ -1028,7 +1033,7 @@ def render_section(index: int, section: Section, runs: list[Run], figures_dir: P
         out += [f"Runtime: **{runtime(run)}**; {provenance(run)}.", "", safe(section.render, run.results), ""]
         link = figure_link(run, figures_dir, page)
         out += [link if link else f"⚠ no plot in results/{run.spec.folder}", ""]
-    findings = section_findings(section, runs)
+    findings = section_findings(section, runs, records)
     out += ["**Published**", "", section.published, "", "**Findings here**", ""]
     out += [render_finding(f) for f in findings] or ["not run yet: nothing measured"]
     return "\n".join(out) + "\n"
@@ -1058,8 +1063,14 @@ def load_all(results_dir: Path, sections: tuple[Section, ...] = SECTIONS) -> lis
     return [(section, [load_run(results_dir, section, spec) for spec in section.runs]) for section in sections]
 
 
+def records_of(loaded: list[tuple[Section, list[Run]]]) -> dict[str, dict]:
+    """{folder: results} of every loaded run that has results."""
+    return {run.spec.folder: run.results for _, runs in loaded for run in runs if run.results is not None}
+
+
 def all_findings(loaded: list[tuple[Section, list[Run]]]) -> list[tuple[Section, Finding]]:
-    return [(section, f) for section, runs in loaded for f in section_findings(section, runs)]
+    records = records_of(loaded)
+    return [(section, f) for section, runs in loaded for f in section_findings(section, runs, records)]
 
 
 def build_page(results_dir: Path, page: Path, sections: tuple[Section, ...] = SECTIONS) -> tuple[str, dict[Path, bytes]]:
@@ -1067,7 +1078,8 @@ def build_page(results_dir: Path, page: Path, sections: tuple[Section, ...] = SE
     figures_dir = page.parent / "figures"
     loaded = load_all(results_dir, sections)
     parts = [HEADER, "## Summary", "", summary(loaded), ""]
-    parts += [render_section(i, section, runs, figures_dir, page) for i, (section, runs) in enumerate(loaded, 1)]
+    records = records_of(loaded)
+    parts += [render_section(i, section, runs, figures_dir, page, records) for i, (section, runs) in enumerate(loaded, 1)]
     figures = {figure_target(run, figures_dir): run.figure.read_bytes()
                for _, runs in loaded for run in runs if run.figure is not None and run.results is not None}
     return "\n".join(parts).rstrip() + "\n", figures

@@ -28,6 +28,7 @@ from jirl.data.conversations import SftRow
 from jirl.data.errors import DataError
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.pretrained import load_pretrained
+from jirl.train.trained import load_trained
 from tests.data.test_chat_tokenize import EOS, byte_chat_tokenizer
 from tests.test_rl_experiment import QUESTIONS, write_tiny_model
 
@@ -108,7 +109,9 @@ def test_jirl_run_irl_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     assert len(results["rl"]["curves"]["reward"]) == 2
     for side in ("before", "after"):
         assert np.isfinite(results["demo_nll"][side]["nll"]) and results["demo_nll"][side]["tokens"] > 0
-    assert (out / "irl.png").exists() and (out / "adapters").is_dir()
+    assert (out / "irl.png").exists()
+    _, _, run_config = load_trained(out)  # the RL-improved policy, as `jirl export` and `init=` read it
+    assert run_config["method"] == "afd"
 
     # The learned reward is a `jirl run rm` model: `jirl run rl --set reward=<run>/reward` reads it.
     loaded = load_reward_model(out / "reward")

@@ -274,7 +274,7 @@ def test_rloo_learns_a_reward_a_tiny_policy_can_learn(tiny_model, tmp_path):
     rl = RLConfig(advantage="rloo", policy_loss="pg", group_size=8, prompts_per_iteration=4, kl_coef=0.0)
     config = RLExperimentConfig(rl=rl, iterations=8, learning_rate=3e-2, max_new_tokens=2, eval_prompts=8, show_samples=1)
     graphdef, ref_params = nnx.split(add_lora(nnx.merge(base.graphdef, base.params), 4, 8.0))
-    results = train(config, RunDir(tmp_path), graphdef, ref_params, base.tokenizer, prompts, prompts, score)
+    results, _ = train(config, RunDir(tmp_path), graphdef, ref_params, base.tokenizer, prompts, prompts, score)
     curve = np.asarray(results["curves"]["reward"])  # measured: 0.25 0.41 0.97 0.97 1 ... (an earlier lm-head scale)
     assert curve[0] < 0.6 and curve[-3:].mean() > curve[0] + 0.3, curve
     assert results["after"]["reward"] > results["before"]["reward"] + 0.3
@@ -282,6 +282,28 @@ def test_rloo_learns_a_reward_a_tiny_policy_can_learn(tiny_model, tmp_path):
     exact = np.asarray(results["curves"]["exact_kl_to_reference"])
     assert exact[0] == pytest.approx(0.0, abs=1e-5) and np.all(exact >= -1e-6) and exact[-1] > 0.05
     assert any((tmp_path / "adapters").iterdir())
+
+
+def test_an_rl_run_loads_back_on_top_of_the_run_it_started_from(tiny_model, tmp_path):
+    """RL from an SFT run (``init=``): ``load_trained`` of the RL run rebuilds that run's policy,
+    then the RL adapters on it -- the trained policy's logits, not the SFT run's or the base's."""
+    save_lora_run(tmp_path / "sft", str(tiny_model))
+    base, start, _ = load_run_weights(str(tmp_path / "sft"))
+    prompts = prompt_set(base.tokenizer, QUESTIONS, horizon=2)
+    score = first_token_reward(set(b"abcdefghijklmnopqrstuvwxyz"))
+    rl = RLConfig(advantage="rloo", policy_loss="pg", group_size=4, prompts_per_iteration=2, kl_coef=0.0)
+    config = RLExperimentConfig(init=str(tmp_path / "sft"), model=str(tiny_model), rl=rl, iterations=2, learning_rate=3e-2,
+                                max_new_tokens=2, eval_prompts=2, accumulation_steps=1, exact_kl=False)
+    graphdef, ref_params = nnx.split(add_lora(nnx.merge(base.graphdef, start), config.lora.rank, config.lora.alpha))
+    run_dir = tmp_path / "rl"
+    run_dir.mkdir()
+    _, params = train(config, RunDir(run_dir), graphdef, ref_params, base.tokenizer, prompts, prompts, score)
+    (run_dir / "config.json").write_text(json.dumps({"experiment": "rl", "config": {"model": str(tiny_model)}}))
+    loaded_base, loaded, _ = load_run_weights(str(run_dir))
+    tokens = jnp.asarray([[5, 6, 7, 8, 9, 10]])
+    trained = logits_fn(graphdef, params)(tokens)
+    np.testing.assert_allclose(logits_fn(loaded_base.graphdef, loaded)(tokens), trained, rtol=1e-5, atol=1e-4)  # merged: float rounding
+    assert not np.allclose(logits_fn(base.graphdef, start)(tokens), trained, atol=1e-2)  # the RL adapters moved it
 
 
 # --------------------------------------------------------------------------- end to end

@@ -1,11 +1,15 @@
-"""The trained weights of a text-trainer run (``jirl run sft | dpo | kto``), saved and read back.
+"""The trained weights of a text-trainer run (``jirl run sft | dpo | kto | rl | irl``), saved and read back.
 
 A run folder holds ``config.json`` (the run's config) and one Orbax checkpoint of the weights
-that trained, with metadata ``{"model", "lora", "dtype", "format"}``:
+that trained, with metadata ``{"model", "lora", "dtype", "format", "init"}``:
 
 - ``adapters/``: LoRA runs, the adapters alone (``adapter_params``); ``lora`` holds the
   ``rank``, ``alpha`` and ``targets`` that rebuild them on the pretrained ``model``;
 - ``params/``: full fine-tuning, every parameter (``lora`` is ``None``).
+
+``init``, when set, is the folder of the run whose trained policy the adapters were added to
+(``jirl run rl --set init=SFT_RUN``, ``jirl run irl``), loaded first (recursively) in place of
+the pretrained ``model``.
 
 ``load_trained`` rebuilds the trained policy as a plain model (adapters merged), the form that
 ``jirl.models.export.export_hf`` writes and that RL starts from (``jirl run rl --set init=RUN``).
@@ -30,12 +34,15 @@ PARAMS_DIR = "params"  # full fine-tuning: every parameter
 RUN_CONFIG_FILE = "config.json"
 
 
-def save_trained(run_path: Path | str, step: int, params, *, model: str, lora: Mapping[str, Any] | None, dtype: str) -> Path:
+def save_trained(run_path: Path | str, step: int, params, *, model: str, lora: Mapping[str, Any] | None, dtype: str,
+                 init: str | None = None) -> Path:
     """Save a run's trained weights under ``run_path`` (see the module docstring): the adapters of
-    ``params`` when ``lora`` (``{"rank", "alpha", "targets"}``) is given, else all of ``params``.
-    Returns the checkpoint folder."""
+    ``params`` when ``lora`` (``{"rank", "alpha", "targets"}``) is given, else all of ``params``;
+    ``init``: the run folder whose trained policy they start from (stored absolute). Returns the
+    checkpoint folder."""
     folder = Path(run_path) / (ADAPTERS_DIR if lora else PARAMS_DIR)
-    metadata = {"model": model, "lora": dict(lora) if lora else None, "dtype": dtype, "format": folder.name}
+    metadata = {"model": model, "lora": dict(lora) if lora else None, "dtype": dtype, "format": folder.name,
+                "init": str(Path(init).expanduser().resolve()) if init else None}
     with CheckpointManager(folder, keep_last=1) as manager:
         manager.save(step, adapter_params(params) if lora else params, metadata)
     return folder
@@ -61,7 +68,7 @@ def load_trained(path: Path | str) -> tuple[Pretrained, Any, dict]:
     folder = Path(path).expanduser()
     if not is_trained_run(folder):
         raise ConfigError(
-            f"{folder} is not the folder of a `jirl run sft|dpo|kto` run: it needs {RUN_CONFIG_FILE} and "
+            f"{folder} is not the folder of a `jirl run sft|dpo|kto|rl|irl` run: it needs {RUN_CONFIG_FILE} and "
             f"{ADAPTERS_DIR}/ or {PARAMS_DIR}/ (written when the run finishes)"
         )
     run_config = json.loads((folder / RUN_CONFIG_FILE).read_text())["config"]
@@ -73,12 +80,16 @@ def load_trained(path: Path | str) -> tuple[Pretrained, Any, dict]:
                 f"{saved} was not written by save_trained (a `jirl run sft|dpo|kto` run; its metadata has no "
                 f"format {saved.name!r}), so its base model is not known; export or load it from the run that made it"
             )
-        base = load_pretrained(metadata["model"])
+        if metadata.get("init"):
+            base, start, _ = load_trained(metadata["init"])
+        else:
+            base = load_pretrained(metadata["model"])
+            start = base.params
         if metadata["lora"] is None:
-            params, _ = manager.restore(shapes_of(base.params))
+            params, _ = manager.restore(shapes_of(start))
             return base, params, run_config
         lora = metadata["lora"]
-        model = add_lora(nnx.merge(base.graphdef, base.params), lora["rank"], lora["alpha"], tuple(lora["targets"]))
+        model = add_lora(nnx.merge(base.graphdef, start), lora["rank"], lora["alpha"], tuple(lora["targets"]))
         graphdef, lora_params = nnx.split(model)
         adapters, _ = manager.restore(shapes_of(adapter_params(lora_params)))
     return base, nnx.state(without_lora(nnx.merge(graphdef, with_adapters(lora_params, adapters)))), run_config
