@@ -55,7 +55,7 @@ from rich.progress import Progress
 
 from experiments import rl as rl_experiment
 from experiments import rm as rm_experiment
-from experiments.sft import GSM8K_COLUMNS, token_evaluator
+from experiments.sft import GSM8K_COLUMNS, nll_metrics
 from experiments.text_common import map_in_chunks, stacked
 from jirl.config import Check, ConfigError, at_least, finite, in_range, non_negative, positive, registered
 from jirl.data.chat_tokenize import ChatTokenization, left_aligned
@@ -68,6 +68,7 @@ from jirl.registry import Registry
 from jirl.rewards.losses import PAIRWISE_LOSSES
 from jirl.rl.loop import RLConfig
 from jirl.train.loop import TrainConfig
+from jirl.train.sft import SFT_KEYS, sft_token_log_probs
 from jirl.train.trained import load_trained
 
 # A text IRL method learns a reward from demonstrations: ``method(demos, config, run) -> TextReward``.
@@ -316,7 +317,7 @@ def run(config: IRLTextConfig, run: RunDir) -> dict:
     eos = base.tokenizer.eos_id
     prompts, held_out = (rl_experiment.prompt_set(prompts_only(rows, eos), [{} for _ in rows], config.max_prompt_tokens,
                                                   config.max_new_tokens, eos) for rows in (demos.train, demos.eval))
-    demo_nll = token_evaluator(graphdef, {**stacked(demos.eval), "loss_mask": reply_mask(demos.eval)}, config.sample_batch_size)
+    demo_nll = reply_nll_evaluator(graphdef, stacked(demos.eval), config.sample_batch_size)
     nll_before = demo_nll(q_params)
     kl_coef = config.beta / learned.scale
     run.console.print(f"RL from Q against the learned reward: KL coefficient beta / std = {config.beta} / {learned.scale:.4f} = {kl_coef:.4f}")
@@ -324,6 +325,7 @@ def run(config: IRLTextConfig, run: RunDir) -> dict:
     rl_results, params = rl_experiment.train(rl_config, run, graphdef, q_params, base.tokenizer, prompts, held_out,
                                              learned.score)
     nll_after = demo_nll(params)
+    change = np.asarray(nll_after.pop("per_reply")) - np.asarray(nll_before.pop("per_reply"))
     seconds["rl"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
 
@@ -331,20 +333,35 @@ def run(config: IRLTextConfig, run: RunDir) -> dict:
         "method": config.method, "variant": "sft_demo" if config.init else "init_demo", "model": backbone, "init": config.init,
         "data": data.report, "demonstrations": {"train": len(demos.train), "eval": len(demos.eval)},
         "reward_model": learned.results, "reward_folder": learned.folder, "kl_coef": kl_coef, "rl": rl_results,
-        "demo_nll": {"before": nll_before, "after": nll_after}, "seconds": seconds,
+        "demo_nll": {"before": nll_before, "after": nll_after, "change_per_reply": {
+            "mean": float(change.mean()), "se": float(change.std(ddof=1) / np.sqrt(len(change))) if len(change) > 1 else float("nan"),
+            "replies": len(change)}},
+        "seconds": seconds,
     }
     print_report(run, results)
     plot(run.path_for("irl.png"), results)
     return results
 
 
-def reply_mask(rows: Sequence[dict]) -> np.ndarray:
-    """``[N, W]``: 1 on each row's reply tokens."""
-    width = len(rows[0]["tokens"])
-    positions = np.arange(width)[None, :]
-    p = np.array([r["prompt_len"] for r in rows])[:, None]
-    n = np.array([r["response_len"] for r in rows])[:, None]
-    return ((positions >= p) & (positions < p + n)).astype(np.int32)
+def reply_nll_evaluator(graphdef, examples: dict[str, np.ndarray], chunk: int) -> Callable[[Any], dict]:
+    """``evaluate(params)`` on the held-out demonstrations: ``nll`` (the mean of -log pi over all
+    their reply tokens, as ``jirl run sft`` reports it), ``tokens``, and ``per_reply`` (each
+    reply's own token mean, for a paired before/after difference)."""
+    arrays = {k: examples[k] for k in SFT_KEYS}
+
+    @jax.jit
+    def score(params, batch):
+        log_probs, mask = sft_token_log_probs(graphdef, params, batch)
+        return {"log_probs": log_probs, "mask": mask}
+
+    def evaluate(params) -> dict:
+        out = map_in_chunks(lambda batch: score(params, batch), arrays, chunk)
+        mask = np.asarray(out["mask"], bool)
+        nll = -np.where(mask, np.asarray(out["log_probs"], np.float64), 0.0)
+        per_reply = nll.sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+        return {**nll_metrics(out["log_probs"], mask), "per_reply": per_reply.tolist()}
+
+    return evaluate
 
 
 def print_report(run: RunDir, results: dict) -> None:
@@ -353,7 +370,8 @@ def print_report(run: RunDir, results: dict) -> None:
                       f"± {rm['after']['accuracy_se']:.3f} on {rm['after']['pairs']} pairs")
     run.console.print(f"RL: held-out learned reward {rl['before']['reward']:.3f} -> {rl['after']['reward']:.3f} at exact KL "
                       f"{rl['after']['kl']:.3f}; demonstrations' NLL per token {results['demo_nll']['before']['nll']:.4f} -> "
-                      f"{results['demo_nll']['after']['nll']:.4f}")
+                      f"{results['demo_nll']['after']['nll']:.4f} (per reply: {results['demo_nll']['change_per_reply']['mean']:+.4f} "
+                      f"± {results['demo_nll']['change_per_reply']['se']:.4f})")
     rl_experiment.print_report(run, rl)
 
 

@@ -728,6 +728,194 @@ def findings_hh_rlhf(runs: dict) -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The generic text trainers on real data (jirl run sft | dpo | kto | rm | rl | irl)
+
+
+def with_se(metrics: Any, key: str, digits: int = 3) -> str:
+    """``metrics[key]``, with ``± metrics[key_se]`` where the record has it."""
+    value, se = dig(metrics, key), dig(metrics, f"{key}_se")
+    return f"{num(value, digits)} ± {num(se, digits)}" if not isinstance(se, Missing) else num(value, digits)
+
+
+def before_after(r: dict, keys: list[tuple[str, str]], digits: int = 3) -> str:
+    """Held-out metrics before and after training (± their standard errors where recorded)."""
+    rows = [[label, with_se(dig(r, "before"), key, digits), with_se(dig(r, "after"), key, digits)] for key, label in keys]
+    return table(["held-out metric", "before training", "after training"], rows)
+
+
+def evaluation_rows(r: dict, keys: list[tuple[str, str]], digits: int = 3) -> str:
+    """Each held-out evaluation during training (``curves.eval``; step 0 = before training)."""
+    evals = dig(r, "curves", "eval")
+    if not isinstance(evals, list):
+        return f"Evaluations: {evals}"
+    rows = [[num(dig(e, "step"))] + [with_se(e, key, digits) for key, _ in keys] for e in evals]
+    return table(["step"] + [label for _, label in keys], rows)
+
+
+def text_samples(samples: Any, score_key: str | None = None) -> str:
+    """Greedy replies to held-out prompts before and after training."""
+    before = dig(samples, "before") if isinstance(dig(samples, "before"), list) else []
+    after = dig(samples, "after") if isinstance(dig(samples, "after"), list) else []
+    if not before:
+        return f"Samples: {samples if isinstance(samples, Missing) else '⚠ none'}"
+
+    def reply(s: Any) -> str:
+        text = short(dig(s, "reply"), 200)
+        return f"{text} ({num(dig(s, score_key), 2)})" if score_key else text
+
+    rows = [[short(dig(b, "prompt"), 120), reply(b), reply(a)] for b, a in zip(before, after)]
+    return "Greedy replies to held-out prompts:\n\n" + table(["prompt", "before", "after"], rows)
+
+
+def split_line(report: Any, unit: str) -> str:
+    """Counts of the prepared train / held-out splits and what was truncated."""
+    parts = []
+    for name in ("train", "eval"):
+        split = dig(report, "splits", name)
+        parts.append(f"{name}: {num(dig(split, 'examples'))} {unit} ({num(dig(split, 'prompt_truncated'))} prompts and "
+                     f"{num(dig(split, 'response_truncated'))} replies truncated)")
+    return "Data: " + "; ".join(parts) + "."
+
+
+def seconds_line(r: dict) -> str:
+    stages = dig(r, "seconds")
+    if not isinstance(stages, dict):
+        return f"Time: {stages}"
+    return "Time per stage: " + ", ".join(f"{k} {num(v, 0)} s" for k, v in stages.items() if is_number(v)) + "."
+
+
+def above(value: Any, se: Any, reference: float, sigmas: float = 2.0) -> bool:
+    """``value - sigmas * se > reference`` for finite numbers."""
+    return numbers(value, se) and value - sigmas * se > reference
+
+
+SFT_KEYS = [("nll", "NLL [nats / reply token]"), ("perplexity", "perplexity")]
+
+
+def render_sft(r: dict) -> str:
+    return "\n\n".join([
+        before_after(r, SFT_KEYS, 4), f"{num(dig(r, 'train_examples'))} training demonstrations; held-out NLL over the first "
+        f"{num(dig(r, 'eval_examples'))} held-out ones ({num(dig(r, 'after', 'tokens'))} reply tokens).",
+        split_line(dig(r, "data"), "demonstrations"), text_samples(dig(r, "samples")), seconds_line(r),
+    ])
+
+
+def headline_sft(r: dict) -> str:
+    return f"held-out NLL {num(dig(r, 'before', 'nll'))} → {num(dig(r, 'after', 'nll'))} nats/token"
+
+
+DPO_KEYS = [("loss", "loss"), ("accuracy", "pairwise accuracy"), ("margin", "margin r+ − r−"),
+            ("reward_chosen", "r(x, y+)"), ("reward_rejected", "r(x, y−)")]
+
+
+def render_dpo(r: dict) -> str:
+    return "\n\n".join([
+        f"Loss `{dig(r, 'loss')}`, β = {num(dig(r, 'beta'), 2)}; {num(dig(r, 'train_pairs'))} training and "
+        f"{num(dig(r, 'eval_pairs'))} held-out pairs. Implicit reward r = β log π/π_ref.",
+        before_after(r, DPO_KEYS), evaluation_rows(r, DPO_KEYS[:3]), split_line(dig(r, "data"), "pairs"),
+        text_samples(dig(r, "samples")), seconds_line(r),
+    ])
+
+
+def headline_dpo(r: dict) -> str:
+    return (f"held-out accuracy {with_se(dig(r, 'after'), 'accuracy')}, margin {num(dig(r, 'before', 'margin'))} → "
+            f"{with_se(dig(r, 'after'), 'margin')} on {num(dig(r, 'eval_pairs'))} pairs")
+
+
+KTO_KEYS = [("loss", "loss"), ("accuracy", "sign accuracy"), ("margin", "margin r_D − r_U"),
+            ("reward_desirable", "r of desirable"), ("reward_undesirable", "r of undesirable"), ("kl", "z0 (KL estimate)")]
+
+
+def render_kto(r: dict) -> str:
+    return "\n\n".join([
+        f"β = {num(dig(r, 'beta'), 2)}; {num(dig(r, 'train_examples'))} training replies ({num(dig(r, 'train_desirable'))} "
+        f"desirable), {num(dig(r, 'eval_examples'))} held out. Implicit reward r = β log π/π_ref; sign accuracy: the share "
+        "of held-out replies whose r has the label's sign.",
+        before_after(r, KTO_KEYS), evaluation_rows(r, KTO_KEYS[:3]), split_line(dig(r, "data"), "replies"),
+        text_samples(dig(r, "samples")), seconds_line(r),
+    ])
+
+
+def headline_kto(r: dict) -> str:
+    return (f"held-out sign accuracy {with_se(dig(r, 'after'), 'accuracy')}, margin {with_se(dig(r, 'after'), 'margin')} "
+            f"on {num(dig(r, 'eval_examples'))} replies")
+
+
+RM_KEYS = [("loss", "loss"), ("accuracy", "pairwise accuracy"), ("margin", "margin r+ − r−")]
+
+
+def render_rm(r: dict) -> str:
+    return "\n\n".join([
+        f"Backbone `{dig(r, 'model')}`, loss `{dig(r, 'loss')}`; trained: layers from {num(dig(r, 'first_adapted_layer'))} "
+        f"of {num(dig(r, 'num_layers'))} (all frozen: the head alone) on {num(dig(r, 'data', 'train_pairs'))} pairs, held "
+        f"out {num(dig(r, 'data', 'eval_pairs'))} (split {dig(r, 'data', 'split', 'by')}, fraction "
+        f"{num(dig(r, 'data', 'split', 'test_fraction'), 2)}).",
+        before_after(r, RM_KEYS), f"Training-pair accuracy after training: {num(dig(r, 'train_after', 'accuracy'))}.",
+        evaluation_rows(r, RM_KEYS[:2]), seconds_line(r),
+    ])
+
+
+def headline_rm(r: dict) -> str:
+    return f"held-out accuracy {with_se(dig(r, 'after'), 'accuracy')} on {num(dig(r, 'after', 'pairs'))} HH pairs"
+
+
+RL_KEYS = [("reward", "reward (sampled reply)"), ("greedy_reward", "reward (greedy reply)"), ("kl", "exact KL(π ‖ π_ref) [nats]"),
+           ("length", "reply length [tokens]"), ("truncated", "truncated share")]
+
+
+def rl_block(rl: Any) -> str:
+    """An RL stage's held-out evaluations and per-iteration curves (``experiments.rl.train``)."""
+    rows = [[label, num(dig(rl, "before", key)), num(dig(rl, "after", key))] for key, label in RL_KEYS]
+    curves = dig(rl, "curves")
+    per_iteration = table(
+        ["iteration", "reward", "k1 KL", "exact KL", "reply length", "seconds"],
+        [[str(i + 1), num(a), num(b), num(c), num(d, 1), num(e, 0)] for i, (a, b, c, d, e) in enumerate(zip(
+            dig(curves, "reward"), dig(curves, "kl_to_reference"), dig(curves, "exact_kl_to_reference"),
+            dig(curves, "response_length"), dig(curves, "seconds")))],
+    ) if isinstance(dig(curves, "reward"), list) else f"Curves: {curves}"
+    return "\n\n".join([
+        f"Held-out prompts ({num(dig(rl, 'after', 'prompts'))}), one sampled and one greedy reply each:",
+        table(["held-out metric", "before RL", "after RL"], rows), "Per iteration (the training batch):", per_iteration,
+    ])
+
+
+def render_rl(r: dict) -> str:
+    samples = {"before": dig(r, "before", "samples"), "after": dig(r, "after", "samples")}
+    return "\n\n".join([
+        f"Reward `{dig(r, 'reward')}`, policy from `{dig(r, 'init') or dig(r, 'model')}`; {num(dig(r, 'data', 'train_prompts'))} "
+        f"training and {num(dig(r, 'data', 'eval_prompts'))} held-out prompts.",
+        rl_block(r), text_samples(samples, "reward"), seconds_line(r),
+    ])
+
+
+def headline_rl(r: dict) -> str:
+    return (f"held-out reward {num(dig(r, 'before', 'reward'))} → {num(dig(r, 'after', 'reward'))} at exact KL "
+            f"{num(dig(r, 'after', 'kl'))}")
+
+
+def render_irl(r: dict) -> str:
+    rm = dig(r, "reward_model")
+    discriminator = table(
+        ["discriminator (held-out demonstration vs Q reply pairs)", "before training", "after training"],
+        [[label, with_se(dig(rm, "before"), key), with_se(dig(rm, "after"), key)] for key, label in RM_KEYS],
+    )
+    nll = table(["held-out demonstrations under the policy", "before RL (Q)", "after RL"],
+                [["NLL [nats / reply token]", num(dig(r, "demo_nll", "before", "nll"), 4), num(dig(r, "demo_nll", "after", "nll"), 4)]])
+    samples = {"before": dig(r, "rl", "before", "samples"), "after": dig(r, "rl", "after", "samples")}
+    return "\n\n".join([
+        f"Method `{dig(r, 'method')}` (variant `{dig(r, 'variant')}`), model `{dig(r, 'model')}`; "
+        f"{num(dig(r, 'demonstrations', 'train'))} training and {num(dig(r, 'demonstrations', 'eval'))} held-out "
+        f"demonstrations; RL KL coefficient β/std = {num(dig(r, 'kl_coef'), 3)}.",
+        discriminator, nll, rl_block(dig(r, "rl")), text_samples(samples, "reward"), seconds_line(r),
+    ])
+
+
+def headline_irl(r: dict) -> str:
+    return (f"discriminator accuracy {with_se(dig(r, 'reward_model', 'after'), 'accuracy')}; demonstrations' NLL "
+            f"{num(dig(r, 'demo_nll', 'before', 'nll'))} → {num(dig(r, 'demo_nll', 'after', 'nll'))}")
+
+
+# ---------------------------------------------------------------------------------------------
 # The sections
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -15,19 +16,23 @@ from experiments.irl import (
     IRLTextConfig,
     pair_records,
     prompts_only,
-    reply_mask,
+    reply_nll_evaluator,
     sample_replies,
     single_reply,
 )
 from experiments.rl import REWARDS, RewardInputs
+from experiments.sft import token_evaluator
+from experiments.text_common import stacked
 from experiments.rm import load_reward_model
 from jirl.cli import main
 from jirl.config import ConfigError, apply_overrides, validate_config
 from jirl.data.chat_tokenize import ChatTokenization, tokenize_sft_row
 from jirl.data.conversations import SftRow
 from jirl.data.errors import DataError
+from jirl.data.examples import stack_examples
 from jirl.mdp.sampler import SamplingConfig, generate
 from jirl.models.pretrained import load_pretrained
+from jirl.models.scoring import logits_fn
 from jirl.train.trained import load_trained
 from tests.data.test_chat_tokenize import EOS, byte_chat_tokenizer
 from tests.test_rl_experiment import QUESTIONS, write_tiny_model
@@ -45,9 +50,21 @@ def demo_rows(settings: ChatTokenization, questions=QUESTIONS) -> list[dict]:
     return single_reply(examples, "test"), examples
 
 
-def test_reply_mask_is_the_sft_loss_mask_of_single_reply_demonstrations():
+def test_reply_nll_is_sfts_held_out_nll_and_each_replys_mean_a_loop(tiny_model):
+    base = load_pretrained(str(tiny_model))
     rows, examples = demo_rows(ChatTokenization(max_len=64, max_prompt_len=32))
-    np.testing.assert_array_equal(reply_mask(rows), np.stack([e["loss_mask"] for e in examples]))
+    evaluate = reply_nll_evaluator(base.graphdef, stacked(rows), chunk=3)
+    got = evaluate(base.params)
+    # jirl run sft's evaluator (with the loss masks of the single-reply rows) gives the same pooled NLL.
+    sft_nll = token_evaluator(base.graphdef, stack_examples(examples), 3)(base.params)["nll"]
+    assert got["nll"] == pytest.approx(sft_nll, rel=1e-6)
+    # Each reply's own mean, by a loop over its tokens.
+    logits = np.asarray(logits_fn(base.graphdef, base.params)(jnp.asarray(np.stack([r["tokens"] for r in rows]))))
+    for row, value, logit in zip(rows, got["per_reply"], logits):
+        p, n = int(row["prompt_len"]), int(row["response_len"])
+        log_probs = logit - np.log(np.exp(logit - logit.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logit.max(-1, keepdims=True)
+        expected = -np.mean([log_probs[t - 1, row["tokens"][t]] for t in range(p, p + n)])
+        assert value == pytest.approx(expected, rel=1e-4)
 
 
 def test_afd_pairs_prefer_the_demonstration_and_sampling_never_reads_it(tiny_model):
@@ -109,6 +126,7 @@ def test_jirl_run_irl_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     assert len(results["rl"]["curves"]["reward"]) == 2
     for side in ("before", "after"):
         assert np.isfinite(results["demo_nll"][side]["nll"]) and results["demo_nll"][side]["tokens"] > 0
+    assert results["demo_nll"]["change_per_reply"]["replies"] == results["demonstrations"]["eval"]
     assert (out / "irl.png").exists()
     _, _, run_config = load_trained(out)  # the RL-improved policy, as `jirl export` and `init=` read it
     assert run_config["method"] == "afd"
