@@ -35,7 +35,8 @@ Held-out metrics: the discriminator's pairwise accuracy (± its standard error) 
 the ``k1`` and exact KL to Q; on held-out prompts before and after RL the learned reward of a
 sampled reply, its exact KL, greedy replies decoded; and the check that does not go through the
 learned reward at all: the held-out demonstrations' negative log-likelihood per reply token
-under the policy before and after RL (``demo_nll``), which AfD's optimum lowers (pi -> P).
+under the policy before and after RL (``demo_nll``: pooled over tokens, and the paired per-reply
+difference with its standard error), which AfD's optimum lowers (pi -> P).
 
 ``results.json``: ``method``, ``variant``, ``data``, ``reward_model`` (``jirl run rm``'s
 results), ``kl_coef``, ``rl`` (``experiments.rl.train``'s results), ``demo_nll``, ``seconds``.
