@@ -131,7 +131,7 @@ class IRLTextConfig:
     beta: Annotated[float, finite, positive] = 1.0  # KL coefficient on the raw learned reward (AfD: 1, the optimum is then P); rl.kl_coef is replaced by beta / std
     lora: rl_experiment.LoRASettings = dataclasses.field(default_factory=rl_experiment.LoRASettings)
     rl: RLConfig = dataclasses.field(default_factory=rl_experiment.default_rl)
-    iterations: Annotated[int, at_least(1)] = 12  # RL iterations
+    iterations: Annotated[int, at_least(1)] = 8  # RL iterations
     learning_rate: Annotated[float, finite, positive] = 3e-4  # Adam on the adapters only
     accumulation_steps: Annotated[int, at_least(1)] = 4
     exact_kl: bool = True  # log the full-vocabulary KL of each iteration's samples
