@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jax
 import numpy as np
@@ -57,7 +57,7 @@ from rich.progress import Progress
 from experiments import rl as rl_experiment
 from experiments import rm as rm_experiment
 from experiments.sft import GSM8K_COLUMNS, nll_metrics
-from experiments.text_common import map_in_chunks, stacked
+from experiments.text_common import compute_dtype_graphdef, map_in_chunks, stacked
 from jirl.config import Check, ConfigError, at_least, finite, in_range, non_negative, positive, registered
 from jirl.data.chat_tokenize import ChatTokenization, left_aligned
 from jirl.data.errors import DataError
@@ -68,6 +68,7 @@ from jirl.models.pretrained import load_pretrained, pretrained_model
 from jirl.registry import Registry
 from jirl.rewards.losses import PAIRWISE_LOSSES
 from jirl.rl.loop import RLConfig
+from jirl.train.logging import LogConfig
 from jirl.train.loop import TrainConfig
 from jirl.train.sft import SFT_KEYS, sft_token_log_probs
 from jirl.train.trained import load_trained
@@ -130,6 +131,7 @@ class IRLTextConfig:
     reward: RewardSettings = dataclasses.field(default_factory=RewardSettings)
     beta: Annotated[float, finite, positive] = 1.0  # KL coefficient on the raw learned reward (AfD: 1, the optimum is then P); rl.kl_coef is replaced by beta / std
     lora: rl_experiment.LoRASettings = dataclasses.field(default_factory=rl_experiment.LoRASettings)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the policy's and the discriminator's matmuls
     rl: RLConfig = dataclasses.field(default_factory=rl_experiment.default_rl)
     iterations: Annotated[int, at_least(1)] = 8  # RL iterations
     learning_rate: Annotated[float, finite, positive] = 3e-4  # Adam on the adapters only
@@ -139,6 +141,7 @@ class IRLTextConfig:
     eval_every: Annotated[int, non_negative] = 0  # also evaluate every N RL iterations (0: before and after only)
     show_samples: Annotated[int, non_negative] = 2  # greedy replies kept per evaluation
     sample_batch_size: Annotated[int, at_least(1)] = 16  # prompts per generate call when sampling Q's replies
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)  # the RL stage's writers: TensorBoard by default, log.wandb=true
 
     def validate(self) -> None:
         self.reward.train.validate()
@@ -154,7 +157,7 @@ class IRLTextConfig:
             seed=self.seed, model=self.model, init=self.init, max_prompt_tokens=self.max_prompt_tokens, max_new_tokens=self.max_new_tokens,
             lora=self.lora, rl=rl, iterations=self.iterations, learning_rate=self.learning_rate,
             accumulation_steps=self.accumulation_steps, exact_kl=self.exact_kl, eval_prompts=self.eval_prompts,
-            eval_every=self.eval_every, show_samples=self.show_samples,
+            eval_every=self.eval_every, show_samples=self.show_samples, dtype=self.dtype, log=self.log,
         )
 
 
@@ -258,7 +261,7 @@ def afd_text(demos: Demonstrations, config: IRLTextConfig, run: RunDir) -> TextR
     pairs = {name: pair_records(getattr(demos, name), negatives[name], width, demos.tokenizer.eos_id) for name in negatives}
     rm_config = rm_experiment.RMConfig(
         seed=config.seed, model=demos.backbone, max_len=width, max_prompt_len=config.max_prompt_tokens,
-        chat_template=config.chat_template, loss=config.reward.loss, lora=rm_experiment.LoRASettings(rank=0),
+        chat_template=config.chat_template, loss=config.reward.loss, lora=rm_experiment.LoRASettings(rank=0), dtype=config.dtype,
         feature_batch_size=config.reward.feature_batch_size, train=config.reward.train,
     )
     model, _, split = rm_experiment.build_model(demos.backbone, rm_config.lora, rm_config.dtype, config.seed)
@@ -310,10 +313,12 @@ def run(config: IRLTextConfig, run: RunDir) -> dict:
         raise ConfigError("no held-out demonstrations: raise eval_fraction or give eval_data")
     seconds["load"], tick = time.perf_counter() - started, time.perf_counter()
 
+    demos = dataclasses.replace(demos, graphdef=compute_dtype_graphdef(base.graphdef, base.config, config.dtype))
     learned = TEXT_IRL_METHODS.get(config.method)(demos, config, run)
     seconds["reward"], tick = time.perf_counter() - tick, time.perf_counter()
 
-    policy = add_lora(nnx.merge(base.graphdef, start), config.lora.rank, config.lora.alpha, config.lora.targets, seed=config.seed)
+    compute = compute_dtype_graphdef(base.graphdef, base.config, config.dtype)
+    policy = add_lora(nnx.merge(compute, start), config.lora.rank, config.lora.alpha, config.lora.targets, seed=config.seed)
     graphdef, q_params = nnx.split(policy)
     eos = base.tokenizer.eos_id
     prompts, held_out = (rl_experiment.prompt_set(prompts_only(rows, eos), [{} for _ in rows], config.max_prompt_tokens,

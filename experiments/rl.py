@@ -37,7 +37,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,8 @@ import optax
 from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from experiments.text_common import model_reference
-from jirl.config import Check, ConfigError, at_least, finite, non_negative, positive, registered
+from experiments.text_common import compute_dtype_graphdef, model_reference
+from jirl.config import Check, ConfigError, config_to_dict, at_least, finite, non_negative, positive, registered
 from jirl.data.chat_tokenize import ChatTokenization
 from jirl.data.errors import DataError
 from jirl.data.formats import read_rows
@@ -62,6 +62,7 @@ from jirl.rewards.models import terminal_rewards
 from jirl.rewards.verifiable import exact_match_rewards
 from jirl.rl.kl import full_kl_terms
 from jirl.rl.loop import RLConfig, RLState, init_rl_state, make_rl_iteration
+from jirl.train.logging import LogConfig, make_writers
 from jirl.train.step import init_train_state
 from jirl.train.trained import is_trained_run, load_trained, save_trained
 
@@ -256,6 +257,7 @@ class RLExperimentConfig:
     answer_field: str = "answer"  # the prompt rows' reference answer (verifier rewards)
     dpo_beta: Annotated[float, finite, positive] = 0.1  # beta of the dpo_implicit reward (the DPO run's beta)
     lora: LoRASettings = dataclasses.field(default_factory=LoRASettings)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype of the policy's matmuls (parameters and Adam stay float32)
     rl: RLConfig = dataclasses.field(default_factory=default_rl)
     iterations: Annotated[int, at_least(1)] = 20
     learning_rate: Annotated[float, finite, positive] = 3e-4  # Adam on the adapters only
@@ -264,9 +266,11 @@ class RLExperimentConfig:
     eval_prompts: Annotated[int, at_least(1)] = 16  # held-out prompts evaluated (one sampled and one greedy reply each)
     eval_every: Annotated[int, non_negative] = 0  # also evaluate every N iterations (0: before and after only)
     show_samples: Annotated[int, non_negative] = 3  # greedy replies kept in results.json per evaluation
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)  # TensorBoard by default; log.wandb=true adds Weights & Biases
 
     def validate(self) -> None:
         """Micro-batches must split each minibatch evenly."""
+        self.log.validate()
         rows = self.rl.prompts_per_iteration * self.rl.group_size // self.rl.minibatches
         if rows % self.accumulation_steps:
             raise ConfigError(f"accumulation_steps={self.accumulation_steps} does not divide the {rows} samples of a minibatch")
@@ -440,12 +444,16 @@ def train(config: RLExperimentConfig, run: RunDir, graphdef, ref_params, tokeniz
     iteration = make_rl_iteration(prompts, graphdef, optimizer, rl, reward_fn=reward_fn, host_reward=True,
                                   accumulation_steps=config.accumulation_steps)
     eval_key = jax.random.key(config.seed + 1)
+    writers = make_writers(config.log, run, config_to_dict(config))
 
     def evaluation(params, step):
         """Evaluate, logged as ``eval/*`` at metrics.jsonl step ``step`` (0: before training)."""
         result = {"iteration": step, **evaluate(eval_key, graphdef, params, ref_params, held_out, score, tokenizer,
                                                  config.eval_prompts, temperature, config.show_samples)}
-        run.log(step, **{f"eval/{k}": v for k, v in result.items() if isinstance(v, float)})
+        scalars = {k: v for k, v in result.items() if isinstance(v, float)}
+        run.log(step, **{f"eval/{k}": v for k, v in scalars.items()})
+        for writer in writers:
+            writer.scalars(step, scalars, "eval")
         return result
 
     evaluations = [evaluation(ref_params, 0)]
@@ -467,14 +475,18 @@ def train(config: RLExperimentConfig, run: RunDir, graphdef, ref_params, tokeniz
             for name in curves:
                 curves[name].append(metrics[name])
             run.log(step + 1, **metrics)  # step n: the n-th iteration
+            for writer in writers:
+                writer.scalars(step + 1, metrics, "train")
             if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.iterations:
                 evaluations.append(evaluation(train_state_of(state).full_params, step + 1))
             progress.update(bar, advance=1, description=f"reward {metrics['reward']:.3f} KL {metrics['kl_to_reference']:.3f}")
 
     params = train_state_of(state).full_params
     evaluations.append(evaluation(params, config.iterations))
+    for writer in writers:
+        writer.close()
     save_trained(run.path, config.iterations, params, model=model_reference(config.model), lora=dataclasses.asdict(config.lora),
-                 dtype="float32", init=config.init or None)
+                 dtype=config.dtype, init=config.init or None)
     return {"before": evaluations[0], "after": evaluations[-1], "evaluations": evaluations, "curves": curves,
             "seconds_per_iteration": float(np.mean(curves["seconds"]))}, params
 
@@ -495,7 +507,8 @@ def run(config: RLExperimentConfig, run: RunDir) -> dict:
     prompts, held_out, data_report = load_prompts(config, base.tokenizer, base.config.max_len, run)
     inputs = RewardInputs(base.tokenizer, (base.graphdef, start), rows_by_prompt(prompts, held_out), config.max_new_tokens, config)
     score = REWARDS.get(kind)(argument, inputs)
-    policy = add_lora(nnx.merge(base.graphdef, start), config.lora.rank, config.lora.alpha, config.lora.targets, seed=config.seed)
+    compute = compute_dtype_graphdef(base.graphdef, base.config, config.dtype)
+    policy = add_lora(nnx.merge(compute, start), config.lora.rank, config.lora.alpha, config.lora.targets, seed=config.seed)
     graphdef, ref_params = nnx.split(policy)
     loaded = time.perf_counter()
     results, _ = train(config, run, graphdef, ref_params, base.tokenizer, prompts, held_out, score)

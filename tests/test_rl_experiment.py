@@ -316,7 +316,7 @@ def test_jirl_run_rl_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "run"
     args = ["run", "rl", "--out", str(out), "--set", f"model={tiny_model}", f"data={data}", "eval_fraction=0.4",
             "iterations=2", "max_new_tokens=6", "eval_prompts=3", "eval_every=1", "rl.prompts_per_iteration=2",
-            "rl.group_size=2", "max_prompt_tokens=64"]
+            "rl.group_size=2", "max_prompt_tokens=64", "dtype=bfloat16"]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["data"]["train_prompts"] + results["data"]["eval_prompts"] == len(QUESTIONS) * 3
@@ -329,6 +329,8 @@ def test_jirl_run_rl_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     for key in ("reward", "kl_to_reference", "exact_kl_to_reference", "response_length", "truncated_fraction"):
         assert all(np.isfinite(line[key]) for line in iterations), key
     assert (out / "rl.png").exists() and any((out / "adapters").iterdir())
+    assert any((out / "tensorboard").iterdir())  # the TensorBoard writer, on by default
+    assert json.loads((out / "config.json").read_text())["config"]["dtype"] == "bfloat16"
 
 
 def test_a_prompt_over_max_prompt_tokens_is_left_out_not_cut():
