@@ -21,6 +21,7 @@ reward, ``implicit_reward``):
     loss           mean over pairs of the training loss l(pi; y+, y-) (+ sft_weight * NLL(y+)/|y+|)
     accuracy       share of pairs with r(x, y+) > r(x, y-) (strict: 0 at step 0, where every r = 0)
     reward_chosen  mean r(x, y+);  reward_rejected  mean r(x, y-);  margin  mean r(x, y+) - r(x, y-)
+    accuracy_se, margin_se   their standard errors (binomial; per-pair margins), pairs  n
 
 ``results.json``: ``before``/``after`` held-out metrics, ``curves`` (``eval`` per evaluation,
 ``train`` per step), ``samples`` (greedy replies to held-out prompts before and after), the data

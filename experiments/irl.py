@@ -306,18 +306,17 @@ def run(config: IRLTextConfig, run: RunDir) -> dict:
         vocab_size=base.config.vocab_size,
     )
     count = len(data.train) if config.demonstrations == 0 else min(config.demonstrations, len(data.train))
-    demos = Demonstrations(base.graphdef, start, base.tokenizer, backbone,
+    compute = compute_dtype_graphdef(base.graphdef, base.config, config.dtype)  # Q computes in config.dtype
+    demos = Demonstrations(compute, start, base.tokenizer, backbone,
                            single_reply([data.train[i] for i in range(count)], "training"),
                            single_reply([data.eval[i] for i in range(min(config.eval_demonstrations, len(data.eval)))], "held-out"))
     if not demos.eval:
         raise ConfigError("no held-out demonstrations: raise eval_fraction or give eval_data")
     seconds["load"], tick = time.perf_counter() - started, time.perf_counter()
 
-    demos = dataclasses.replace(demos, graphdef=compute_dtype_graphdef(base.graphdef, base.config, config.dtype))
     learned = TEXT_IRL_METHODS.get(config.method)(demos, config, run)
     seconds["reward"], tick = time.perf_counter() - tick, time.perf_counter()
 
-    compute = compute_dtype_graphdef(base.graphdef, base.config, config.dtype)
     policy = add_lora(nnx.merge(compute, start), config.lora.rank, config.lora.alpha, config.lora.targets, seed=config.seed)
     graphdef, q_params = nnx.split(policy)
     eos = base.tokenizer.eos_id

@@ -31,6 +31,7 @@ set (each prompt with the next held-out example's reply):
     accuracy             share of replies whose reward has the label's sign (r > 0 desirable, r < 0 not;
                          0 at step 0, where every r = 0)
     kl                   the held-out z0 (before the max with 0)
+    accuracy_se, margin_se   standard errors (binomial; two-sample), examples, desirable: the counts
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ the held-out prompts (``evaluate``). ``results.json``: ``data``, ``before``/``af
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -456,35 +457,36 @@ def train(config: RLExperimentConfig, run: RunDir, graphdef, ref_params, tokeniz
             writer.scalars(step, scalars, "eval")
         return result
 
-    evaluations = [evaluation(ref_params, 0)]
-    names = ("reward", "kl_to_reference", "exact_kl_to_reference", "response_length", "truncated_fraction", "seconds")
-    curves = {name: [] for name in names if config.exact_kl or name != "exact_kl_to_reference"}
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=run.console) as progress:
-        bar = progress.add_task(f"{rl.advantage}/{rl.policy_loss}", total=config.iterations)
-        for step in range(config.iterations):
-            started = time.perf_counter()
-            before = jax.tree_util.tree_map(jnp.copy, train_state_of(state).params)  # the sampling policy's adapters
-            reward_fn.calls.clear()
-            state, metrics = iteration(state, ref_params, jax.random.fold_in(jax.random.key(config.seed), step))
-            if config.exact_kl:
-                sampled = nnx.merge_state(before, train_state_of(state).frozen)
-                kl = exact_sequence_kl(graphdef, sampled, ref_params, *reward_fn.calls[0], prompts.horizon, temperature)
-                metrics["exact_kl_to_reference"] = float(jnp.mean(kl))
-            metrics["seconds"] = time.perf_counter() - started
-            for name in curves:
-                curves[name].append(metrics[name])
-            run.log(step + 1, **metrics)  # step n: the n-th iteration
-            for writer in writers:
-                writer.scalars(step + 1, metrics, "train")
-            if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.iterations:
-                evaluations.append(evaluation(train_state_of(state).full_params, step + 1))
-            progress.update(bar, advance=1, description=f"reward {metrics['reward']:.3f} KL {metrics['kl_to_reference']:.3f}")
+    with contextlib.ExitStack() as closing:  # the writers are closed however the loop ends
+        for writer in writers:
+            closing.enter_context(writer)
+        evaluations = [evaluation(ref_params, 0)]
+        names = ("reward", "kl_to_reference", "exact_kl_to_reference", "response_length", "truncated_fraction", "seconds")
+        curves = {name: [] for name in names if config.exact_kl or name != "exact_kl_to_reference"}
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=run.console) as progress:
+            bar = progress.add_task(f"{rl.advantage}/{rl.policy_loss}", total=config.iterations)
+            for step in range(config.iterations):
+                started = time.perf_counter()
+                before = jax.tree_util.tree_map(jnp.copy, train_state_of(state).params)  # the sampling policy's adapters
+                reward_fn.calls.clear()
+                state, metrics = iteration(state, ref_params, jax.random.fold_in(jax.random.key(config.seed), step))
+                if config.exact_kl:
+                    sampled = nnx.merge_state(before, train_state_of(state).frozen)
+                    kl = exact_sequence_kl(graphdef, sampled, ref_params, *reward_fn.calls[0], prompts.horizon, temperature)
+                    metrics["exact_kl_to_reference"] = float(jnp.mean(kl))
+                metrics["seconds"] = time.perf_counter() - started
+                for name in curves:
+                    curves[name].append(metrics[name])
+                run.log(step + 1, **metrics)  # step n: the n-th iteration
+                for writer in writers:
+                    writer.scalars(step + 1, metrics, "train")
+                if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.iterations:
+                    evaluations.append(evaluation(train_state_of(state).full_params, step + 1))
+                progress.update(bar, advance=1, description=f"reward {metrics['reward']:.3f} KL {metrics['kl_to_reference']:.3f}")
 
-    params = train_state_of(state).full_params
-    evaluations.append(evaluation(params, config.iterations))
-    for writer in writers:
-        writer.close()
+        params = train_state_of(state).full_params
+        evaluations.append(evaluation(params, config.iterations))
     save_trained(run.path, config.iterations, params, model=model_reference(config.model), lora=dataclasses.asdict(config.lora),
                  dtype=config.dtype, init=config.init or None)
     return {"before": evaluations[0], "after": evaluations[-1], "evaluations": evaluations, "curves": curves,

@@ -959,10 +959,14 @@ def series(values: list, digits: int = 3) -> str:
     return " → ".join(num(v, digits) for v in values) if values else "⚠ no evaluations"
 
 
+def final_margin_and_accuracy(after: Any) -> tuple:
+    """``(margin, margin_se, accuracy, accuracy_se)`` of held-out metrics after training."""
+    return tuple(dig(after, k) for k in ("margin", "margin_se", "accuracy", "accuracy_se"))
+
+
 def findings_dpo(runs: dict) -> list[Finding]:
     r = runs["dpo"]
-    after = dig(r, "after")
-    margin, margin_se, accuracy, accuracy_se = (dig(after, k) for k in ("margin", "margin_se", "accuracy", "accuracy_se"))
+    margin, margin_se, accuracy, accuracy_se = final_margin_and_accuracy(dig(r, "after"))
     margins, losses = eval_series(r, "margin"), eval_series(r, "loss")
     return [
         finding(
@@ -989,7 +993,7 @@ def findings_dpo(runs: dict) -> list[Finding]:
 def findings_kto(runs: dict) -> list[Finding]:
     r = runs["kto"]
     after = dig(r, "after")
-    margin, margin_se, accuracy, accuracy_se = (dig(after, k) for k in ("margin", "margin_se", "accuracy", "accuracy_se"))
+    margin, margin_se, accuracy, accuracy_se = final_margin_and_accuracy(after)
     margins = eval_series(r, "margin")
     desirable, undesirable = dig(after, "reward_desirable"), dig(after, "reward_undesirable")
     return [
