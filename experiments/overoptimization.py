@@ -28,12 +28,22 @@ later peak). Here:
    samples and their KL to the initial policy (``jirl.rl.kl.response_kl``: the exact next-token KL
    summed over the visited states, an unbiased low-variance estimate).
 6. Fits (``jirl.eval.scaling``) of the gold curves, the observed gold peak, and whether the gold
-   reward peaks and falls while the proxy keeps rising.
-7. Mitigations on one proxy (``mitigation_proxy``), under the same RL budget and in the same
+   reward peaks and falls while the proxy keeps rising (R^2 of the fits is information only).
+7. Which form? (``jirl.eval.form_selection``) Every proxy is trained ``num_seeds`` times (seed 0
+   is ``d{size}_n{pairs}``, seed s > 0 ``d{size}_n{pairs}_seed{s}``: its own initialisation,
+   minibatch order and RL sampling noise), and best-of-n and RL run against every seed's proxy.
+   Each gold curve is fitted by every candidate form (Gao's best-of-n form, Gao's RL form and two
+   generic saturating curves) on ``d <= d_fit = d_fit_fraction * max(d)`` and scored by its
+   RMSE on the held-out ``d > d_fit`` (extrapolation), and by AIC/BIC on all points. The winner
+   of each optimiser, per proxy and per proxy size (pooling data sizes and seeds), is the form
+   with the lowest mean held-out error over seeds, reported with t-intervals and a paired
+   comparison with the runner-up ("decided" when its interval excludes 0).
+8. Mitigations on one proxy (``mitigation_proxy``), under the same RL budget and in the same
    vmapped program as the proxies of its width: an ensemble of ``ensemble_size`` proxies
    (different initialisations and minibatch orders, same data) aggregated by ``mean - k std``
    and by ``min`` (Coste et al. 2024), and a KL penalty in the reward (``kl_coef``, Ziegler et
-   al. 2019) on the single proxy.
+   al. 2019) on the single proxy. The ensemble's members are seeds of the mitigation proxy, so
+   where they coincide with the ``num_seeds`` seeds they are the same models.
 
 Rewards are reported relative to the initial policy (``R(0) = 0``, as in the paper): gold minus
 its mean over the best-of-n pool, each proxy minus its own mean there.
@@ -57,8 +67,8 @@ from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from jirl.config import ConfigError, at_least, each, finite, non_empty, non_negative, positive
-from jirl.eval import scaling
+from jirl.config import Check, ConfigError, at_least, each, finite, non_empty, non_negative, positive
+from jirl.eval import form_selection, scaling
 from jirl.eval.metrics import best_of_n_exact, best_of_n_kl, pairwise_accuracy
 from jirl.eval.setting import Setting
 from jirl.experiment import RunDir, register_experiment
@@ -104,6 +114,12 @@ class OveroptimizationConfig:
     prompts_per_iteration: Annotated[int, at_least(1)] = 16
     group_size: Annotated[int, at_least(2)] = 8
     rl_learning_rate: Annotated[float, finite, positive] = 1e-3
+    # Seeds of every proxy (initialisation, minibatch order and RL sampling noise): the form
+    # selection's intervals are over them.
+    num_seeds: Annotated[int, at_least(1)] = 3
+    # Forms are fitted on d <= d_fit_fraction * max(d) and scored on the rest: with 2/3 they
+    # extrapolate by a factor 1.5 in d (best-of-n: from n ~ 37 to n = 1000 at bon_max_n=1000).
+    d_fit_fraction: Annotated[float, finite, Check(lambda v: 0.0 < v < 1.0, "in (0, 1)")] = form_selection.DEFAULT_FIT_FRACTION
     # Mitigations, on one proxy.
     mitigation_proxy: str = "d32_n1000"
     ensemble_size: Annotated[int, at_least(1)] = 4
@@ -113,8 +129,13 @@ class OveroptimizationConfig:
     falls_tolerance: Annotated[float, finite, non_negative] = 0.1
 
 
-def proxy_name(size: int, pairs: int) -> str:
-    return f"d{size}_n{pairs}"
+def proxy_name(size: int, pairs: int, seed: int = 0) -> str:
+    """``d{size}_n{pairs}`` for seed 0 (the name every consumer reads), ``..._seed{seed}`` else."""
+    return f"d{size}_n{pairs}" + (f"_seed{seed}" if seed else "")
+
+
+def seed_names(config: OveroptimizationConfig, size: int, pairs: int) -> list[str]:
+    return [proxy_name(size, pairs, seed) for seed in range(config.num_seeds)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,17 +169,19 @@ def proxies_of_width(config: OveroptimizationConfig, task, size: int, members: l
 def rl_members(config: OveroptimizationConfig, proxies: dict, size: int) -> dict:
     """The RL runs against the proxies of width ``size``, each as the ensemble its reward is
     (``jirl.rewards.proxies.ensemble_reward_fn``): ``params`` (``[K, ...]`` stacked proxies),
-    ``min`` / ``k`` (the ensemble aggregation) and ``kl_coef``. A single proxy is K copies of itself with ``k = 0`` (its mean is itself); the
-    mitigation proxy's width also gets the mitigations, so all of one width run as one program."""
+    ``min`` / ``k`` (the ensemble aggregation), ``kl_coef`` and ``seed`` (the RL sampling noise's,
+    ``train_rl``). A single proxy is K copies of itself with ``k = 0`` (its mean is itself); every
+    seed of every proxy is a member; the mitigation proxy's width also gets the mitigations (at
+    seed 0), so all of one width run as one program."""
     mitigation = config.mitigation_proxy
     ensemble = [mitigation] + [f"{mitigation}_seed{s}" for s in range(1, config.ensemble_size)]
     copies = len(ensemble) if mitigation in proxies and proxies[mitigation][2] == size else 1
     stack = lambda names: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[proxies[n][1] for n in names])  # noqa: E731
-    single = lambda name: {"params": stack([name] * copies), "min": False, "k": 0.0, "kl_coef": 0.0}  # noqa: E731
-    members = {proxy_name(size, n): single(proxy_name(size, n)) for n in config.data_sizes}
+    single = lambda name, seed=0: {"params": stack([name] * copies), "min": False, "k": 0.0, "kl_coef": 0.0, "seed": seed}  # noqa: E731
+    members = {proxy_name(size, n, s): single(proxy_name(size, n, s), s) for s in range(config.num_seeds) for n in config.data_sizes}
     if copies > 1:
-        members["ensemble_mean_minus_std"] = {"params": stack(ensemble), "min": False, "k": config.ensemble_k, "kl_coef": 0.0}
-        members["ensemble_min"] = {"params": stack(ensemble), "min": True, "k": 0.0, "kl_coef": 0.0}
+        members["ensemble_mean_minus_std"] = {"params": stack(ensemble), "min": False, "k": config.ensemble_k, "kl_coef": 0.0, "seed": 0}
+        members["ensemble_min"] = {"params": stack(ensemble), "min": True, "k": 0.0, "kl_coef": 0.0, "seed": 0}
         members["kl_penalty"] = {**single(mitigation), "kl_coef": config.kl_coef}
     return members
 
@@ -200,27 +223,30 @@ def make_rl_programs(config: OveroptimizationConfig, setting: Setting, reward_gr
 def train_rl(config, setting, reward_graphdef, members: dict, run: RunDir, progress, bar) -> dict:
     """RL from the initial policy against every member of ``members`` at once (one vmapped
     program); returns each member's curve ``{iteration, kl, gold, proxy, response_length}``
-    (rewards raw, not yet relative to the initial policy)."""
+    (rewards raw, not yet relative to the initial policy). Members of one ``seed`` see the same
+    prompts and sampling noise (common random numbers); seed 0 the run's keys, seed s > 0 those
+    keys folded with s."""
     iterate, evaluate = make_rl_programs(config, setting, reward_graphdef, any(m["kl_coef"] > 0 for m in members.values()))
     names, count = list(members), len(members)
+    seeds = [int(m["seed"]) for m in members.values()]
+    members = {name: {k: v for k, v in m.items() if k != "seed"} for name, m in members.items()}
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *members.values())
     optimizer = optax.adam(config.rl_learning_rate)
     policies = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (count,) + x.shape), setting.reference)
     states = jax.vmap(lambda p, k: init_train_state(p, optimizer, k))(policies, jax.random.split(jax.random.key(config.seed + 7), count))
-    # Every member sees the same prompts and sampling noise (common random numbers).
-    same = lambda key: jnp.stack([key] * count)  # noqa: E731
+    member_keys = jax.jit(lambda key: jnp.stack([key if s == 0 else jax.random.fold_in(key, s) for s in seeds]))
     curves = {name: [] for name in names}
     failed = {"nonfinite_rewards": 0, "update/nonfinite": 0}
     for iteration in range(config.rl_iterations + 1):
         if iteration % config.rl_eval_every == 0 or iteration == config.rl_iterations:
             check_update_metrics(jax.device_get(failed), where="overoptimization RL")  # any NaN since the last evaluation
-            point = evaluate(states, stacked, same(jax.random.key(config.seed + 10_000 + iteration)))
+            point = evaluate(states, stacked, member_keys(jax.random.key(config.seed + 10_000 + iteration)))
             point = {k: np.asarray(v) for k, v in point.items()}
             for m, name in enumerate(names):
                 curves[name].append({"iteration": iteration, **{k: float(v[m]) for k, v in point.items()}})
                 run.log(iteration, stage="rl", run=name, **{k: float(v[m]) for k, v in point.items()})
         if iteration < config.rl_iterations:
-            states, metrics = iterate(states, stacked, same(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
+            states, metrics = iterate(states, stacked, member_keys(jax.random.fold_in(jax.random.key(config.seed + 1), iteration)))
             failed = {k: failed[k] + metrics[k] for k in failed}  # summed on device, read at evaluations
             progress.advance(bar)
     return curves
@@ -247,6 +273,64 @@ def summarize_curve(form: str, d, gold, proxy, tolerance: float) -> dict:
         "proxy_final": float(proxy[-1]),
         "gold_falls_while_proxy_rises": falls,
     }
+
+
+def select_forms(config: OveroptimizationConfig, results: dict) -> dict:
+    """The ``form_selection`` section (module docstring, step 7; ``jirl.eval.form_selection``):
+    ``d_fit_fraction``, ``level``, ``num_seeds``, ``forms`` (name -> equation) and, for ``bon``
+    and ``rl``, ``proxies`` (per proxy name, over its seeds' gold curves) and ``sizes`` (per width
+    ``d{size}``, over all its data sizes' and seeds' curves, each curve one unit; the data sizes
+    are nested subsets, so read its interval as indicative) and ``all`` (every proxy's curves,
+    likewise). Each entry is a ``select_over_seeds`` result plus ``curves`` (the curves' names);
+    a curve too short to fit and hold out points is left out and listed in ``skipped``, and an
+    entry with no usable curve is ``{"curves", "winner": None, "error"}``. Each curve is fitted
+    on ``d <= d_fit_fraction * max(d)`` of its own ``d``. Undefined numbers (one seed's
+    interval, a failed fit) are None."""
+    section = {
+        "d_fit_fraction": config.d_fit_fraction, "level": 0.95, "num_seeds": config.num_seeds,
+        "forms": {name: form.equation for name, form in form_selection.FORMS.items()},
+    }
+    curves = results["curves"]
+
+    def gold_curve(optimiser: str, name: str):
+        d = curves["bon"]["d"] if optimiser == "bon" else curves["rl"][name]["d"]
+        return np.asarray(d, dtype=np.float64), np.asarray(curves[optimiser][name]["gold"], dtype=np.float64)
+
+    def select(optimiser: str, names: list[str]) -> dict:
+        pairs = [gold_curve(optimiser, name) for name in names]
+        try:
+            chosen = form_selection.select_over_seeds(
+                pairs, [config.d_fit_fraction * float(np.max(d)) for d, _ in pairs], level=section["level"], skip_invalid=True
+            )
+        except ValueError as error:
+            return {"curves": names, "winner": None, "error": str(error)}
+        chosen["skipped"] = [{"curve": names[i], "reason": reason} for i, reason in chosen["skipped"]]
+        return json_safe({"curves": names, **chosen})
+
+    for optimiser in ("bon", "rl"):
+        per_proxy, per_size = {}, {}
+        for size in config.proxy_sizes:
+            for n in config.data_sizes:
+                per_proxy[proxy_name(size, n)] = select(optimiser, seed_names(config, size, n))
+            per_size[f"d{size}"] = select(optimiser, [seeded for n in config.data_sizes for seeded in seed_names(config, size, n)])
+        everything = [seeded for size in config.proxy_sizes for n in config.data_sizes for seeded in seed_names(config, size, n)]
+        section[optimiser] = {"proxies": per_proxy, "sizes": per_size, "all": select(optimiser, everything)}
+    return section
+
+
+def json_safe(value):
+    """``value`` with every non-finite float (and NumPy scalar) made JSON-safe: nan/inf -> None."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
 
 
 def bon_ns(max_n: int, points: int = 60) -> np.ndarray:
@@ -320,20 +404,25 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
     test_a, test_b = gold_ordered_pairs(jax.random.fold_in(key, 4), bon_pool)
     seconds["samples"] = time.perf_counter() - start
 
-    # Proxies: one vmapped training program per width; the mitigation ensemble's extra seeds
-    # train with the mitigation proxy's width.
+    # Proxies: one vmapped training program per width, every seed of every proxy; the mitigation
+    # ensemble's members are seeds of the mitigation proxy (trained once where they are also
+    # one of the num_seeds seeds).
     mitigation_size, mitigation_pairs = (int(x) for x in config.mitigation_proxy[1:].split("_n"))
     proxies, scores, proxy_info = {}, {}, {}
     start = time.perf_counter()
-    run.console.print(f"training {len(config.proxy_sizes) * len(config.data_sizes)} proxies and {config.ensemble_size - 1} ensemble members")
+    extra = max(config.ensemble_size - config.num_seeds, 0)
+    run.console.print(
+        f"training {len(config.proxy_sizes) * len(config.data_sizes)} proxies x {config.num_seeds} seeds"
+        + (f" and {extra} more ensemble members" if extra else "")
+    )
     for size in config.proxy_sizes:
-        members = [(n, 0) for n in config.data_sizes]
+        members = [(n, seed) for seed in range(config.num_seeds) for n in config.data_sizes]
         if size == mitigation_size:
-            members += [(mitigation_pairs, seed) for seed in range(1, config.ensemble_size)]
+            members += [(mitigation_pairs, seed) for seed in range(1, config.ensemble_size) if (mitigation_pairs, seed) not in members]
         proxy_graphdef, params = proxies_of_width(config, task, size, members, label_pool, pairs)
         pool_scores = score_pool(proxy_graphdef, params, bon_pool)
         for m, (n, seed) in enumerate(members):
-            name = proxy_name(size, n) if seed == 0 else f"{proxy_name(size, n)}_seed{seed}"
+            name = proxy_name(size, n, seed)
             proxies[name] = (proxy_graphdef, jax.tree_util.tree_map(lambda x, m=m: x[m], params), size)
             scores[name] = pool_scores[m]
             accuracy = float(pairwise_accuracy(pool_scores[m][test_a], pool_scores[m][test_b]))
@@ -341,10 +430,11 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
             run.log(0, stage="proxy", proxy=name, test_accuracy=accuracy)
     seconds["proxies"] = time.perf_counter() - start
     names = [proxy_name(s, n) for s in config.proxy_sizes for n in config.data_sizes]
+    seeds = {proxy_name(s, n): seed_names(config, s, n) for s in config.proxy_sizes for n in config.data_sizes}
 
     # Best-of-n on the pool.
     start = time.perf_counter()
-    bon = best_of_n_curves(bon_pool, {name: scores[name] for name in names}, config.bon_max_n)
+    bon = best_of_n_curves(bon_pool, {seeded: scores[seeded] for name in names for seeded in seeds[name]}, config.bon_max_n)
     seconds["best_of_n"] = time.perf_counter() - start
     gold0 = float(np.mean(bon_pool["gold"]))  # equal prompts, so this is E_init[gold]
 
@@ -367,18 +457,30 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
     proxy0["ensemble_min"] = float(np.mean(aggregate_ensemble(ens_scores, "min")))
     proxy0["kl_penalty"] = proxy0[config.mitigation_proxy]
 
+    # Seed-0 names keep the keys they always had (bon, rl, gold_peak_d, ...); every seed's curves
+    # are in curves and its summary in seeds.
     results = {
         "task": task.name, "task_args": list(config.task.args), "proxies": names, "proxy_info": proxy_info,
         "gold_initial": gold0, "bon": {}, "rl": {}, "gold_peak_d": {}, "gold_falls_while_proxy_rises": {},
-        "curves": {"bon": bon, "rl": {}, "mitigations": {}}, "mitigations": {},
+        "curves": {"bon": bon, "rl": {}, "mitigations": {}}, "mitigations": {}, "num_seeds": config.num_seeds, "seeds": {},
     }
     for name in names:
-        results["bon"][name] = summarize_curve("bon", bon["d"], bon[name]["gold"], bon[name]["proxy"], config.falls_tolerance)
-        curve = relative_rl_curve(rl_raw[name], gold0, proxy0[name])
-        results["curves"]["rl"][name] = curve
-        results["rl"][name] = summarize_curve("rl", curve["d"], curve["gold"], curve["proxy"], config.falls_tolerance)
+        by_seed = {"proxies": seeds[name], "test_accuracy": [], "bon_gold_peak": [], "rl_gold_peak_d": [], "rl_gold_falls_while_proxy_rises": []}
+        for seeded in seeds[name]:
+            bon_fit = summarize_curve("bon", bon["d"], bon[seeded]["gold"], bon[seeded]["proxy"], config.falls_tolerance)
+            curve = relative_rl_curve(rl_raw[seeded], gold0, proxy0[seeded])
+            results["curves"]["rl"][seeded] = curve
+            rl_fit = summarize_curve("rl", curve["d"], curve["gold"], curve["proxy"], config.falls_tolerance)
+            if seeded == name:
+                results["bon"][name], results["rl"][name] = bon_fit, rl_fit
+            by_seed["test_accuracy"].append(proxy_info[seeded]["test_accuracy"])
+            by_seed["bon_gold_peak"].append(bon_fit["gold_peak"])
+            by_seed["rl_gold_peak_d"].append(rl_fit["gold_peak_d"])
+            by_seed["rl_gold_falls_while_proxy_rises"].append(rl_fit["gold_falls_while_proxy_rises"])
+        results["seeds"][name] = by_seed
         results["gold_peak_d"][name] = results["rl"][name]["gold_peak_d"]
         results["gold_falls_while_proxy_rises"][name] = results["rl"][name]["gold_falls_while_proxy_rises"]
+    results["form_selection"] = select_forms(config, results)
     for mitigation in MITIGATIONS:
         source = config.mitigation_proxy if mitigation == "plain" else mitigation
         curve = relative_rl_curve(rl_raw[source], gold0, proxy0[source])
@@ -392,6 +494,7 @@ def run(config: OveroptimizationConfig, run: RunDir) -> dict:
     }
     results["seconds"] = seconds
     print_tables(run, results)
+    print_form_selection(run, results["form_selection"])
     plot(run.path_for("overoptimization.png"), results, config)
     return results
 
@@ -433,6 +536,45 @@ def print_tables(run: RunDir, results: dict) -> None:
     for mitigation, m in results["mitigations"].items():
         mitigations.add_row(mitigation, f"{m['final_gold']:.3f}", f"{m['peak_gold']:.3f}", f"{m['final_proxy']:.3f}", f"{m['final_kl']:.2f}")
     run.console.print(mitigations)
+
+
+def print_form_selection(run: RunDir, section: dict) -> None:
+    """One table per optimiser: each form's mean held-out (extrapolation) RMSE ± the half-width
+    of its interval over seeds, the winner, the paired runner-up-minus-winner difference, and
+    how often each form has the lowest BIC."""
+    forms = list(section["forms"])
+    short = {f: f.replace("_saturation", "_sat") for f in forms}
+    pm = lambda m, lo, hi: "–" if m is None else f"{m:.3f}" + ("" if lo is None else f"±{(hi - lo) / 2:.3f}")  # noqa: E731
+    for optimiser, title in (("bon", "best-of-n"), ("rl", "RL")):
+        table = Table(title=(
+            f"{title}: which form extrapolates? RMSE on held-out d > {section['d_fit_fraction']:.2f} max d, "
+            f"mean ± {section['level']:.0%} t-interval over seeds"
+        ))
+        for column in ("proxy", "curves", *short.values(), "winner", "runner-up − winner", "BIC wins"):
+            table.add_column(column, justify="left" if column in ("proxy", "winner") else "right", no_wrap=column == "proxy")
+        cells = section[optimiser]
+        rows = [*cells["proxies"].items(), *((f"{size} (all)", cell) for size, cell in cells["sizes"].items()), ("all", cells["all"])]
+        for name, cell in rows:
+            if "error" in cell:
+                table.add_row(name, "0", *["–"] * len(forms), "none", cell["error"], "")
+                continue
+            held, paired = cell["held_out_rmse"], cell["paired"]
+            difference = "" if paired["runner_up"] is None else (
+                f"{pm(paired['mean'], paired['low'], paired['high'])} vs {short[paired['runner_up']]}"
+                + (" decided" if paired["decided"] else "")
+            )
+            bic = " ".join(f"{short[f]}:{c}" for f, c in cell["bic_winner_counts"].items() if c)
+            table.add_row(
+                name, str(cell["num_seeds"]), *[pm(held[f]["mean"], held[f]["low"], held[f]["high"]) for f in forms],
+                short.get(cell["winner"], "none"), difference, bic,
+            )
+        run.console.print(table)
+    run.console.print(
+        "forms: " + "; ".join(f"{name} = {eq}" for name, eq in section["forms"].items())
+        + f". Each fitted on d <= {section['d_fit_fraction']:.2f} max d. 'decided': the paired interval of the runner-up's "
+        "minus the winner's held-out RMSE excludes 0. BIC (fit on all points, Gaussian residuals) is in-sample; R² in the "
+        "fit tables above is information only."
+    )
 
 
 def plot(path, results: dict, config: OveroptimizationConfig) -> None:
