@@ -11,6 +11,7 @@ Public API:
 - ``pairwise_accuracy``, ``expected_calibration_error``
 - ``pearson``, ``spearman_per_prompt``
 - ``best_of_n_curve`` (Monte Carlo), ``best_of_n_exact``, ``best_of_n_kl``
+- ``best_of_n_subsets`` (exact, n distinct responses out of a prompt's pool), ``within_prompt_accuracy``
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from scipy.special import gammaln
 
 
 @jax.jit
@@ -219,6 +222,60 @@ def best_of_n_curve(key, proxy, gold, prompt_ids, max_n: int, num_trials: int = 
 
     total, _ = jax.lax.scan(trial, jnp.zeros(max_n, jnp.float32), jax.random.split(key, num_trials))
     return total / (num_trials * num_groups)
+
+
+def best_of_n_subsets(proxy, gold, ns, prompt_ids=None):
+    """Exact expected gold reward of best-of-n over uniformly random *subsets* of n distinct
+    responses of each prompt's pool (Sun et al. 2025 pick the best of N out of 500 responses per
+    test prompt, without replacement), for every n in ``ns``.
+
+    For one prompt with m responses in proxy order (ties as above), the best of a random
+    n-subset is the i-th smallest (1-based) with the hypergeometric probability
+
+        P(best = i) = C(i - 1, n - 1) / C(m, n),   i = n..m,
+
+    so ``E_n = sum_i gold_(i) C(i - 1, n - 1) / C(m, n)``: ``E_1`` is the mean gold reward and
+    ``E_m`` the gold reward of the proxy's argmax. Averaged over prompts, each weighing the same.
+    Every prompt needs at least ``max(ns)`` responses.
+
+    Returns ``[len(ns)]`` (NumPy float64).
+    """
+    ns = np.asarray(ns, dtype=np.int64)
+    proxy, gold = np.asarray(proxy, np.float64), np.asarray(gold, np.float64)
+    if proxy.shape != gold.shape or proxy.ndim != 1:
+        raise ValueError(f"proxy and gold must be 1-D arrays of one length, got shapes {proxy.shape} and {gold.shape}")
+    if ns.ndim != 1 or ns.size == 0 or ns.min() < 1:
+        raise ValueError(f"ns must be a non-empty list of subset sizes >= 1, got {ns.tolist()}")
+    prompt_ids = np.zeros(proxy.shape[0], np.int64) if prompt_ids is None else np.asarray(prompt_ids)
+    _, sizes = np.unique(prompt_ids, return_counts=True)
+    if ns.max() > sizes.min():
+        raise ValueError(f"best-of-{ns.max()} needs {ns.max()} responses per prompt, but a prompt has only {sizes.min()}; "
+                         "lower the largest n or sample more responses")
+    group, num_groups = _group_ids(jnp.asarray(prompt_ids))
+    order, rank, _, size = (np.asarray(x) for x in _proxy_order(jnp.asarray(proxy, jnp.float32), group))
+    m, i, n = size[:, None].astype(np.float64), rank[:, None] + 1.0, ns[None, :].astype(np.float64)
+    log_prob = gammaln(i) - gammaln(n) - gammaln(np.maximum(i - n, 0) + 1) - (gammaln(m + 1) - gammaln(n + 1) - gammaln(m - n + 1))
+    prob_best = np.where(i >= n, np.exp(log_prob), 0.0)  # [N, len(ns)]
+    return np.sum(gold[order][:, None] * prob_best, axis=0) / int(num_groups)
+
+
+def within_prompt_accuracy(pred, gold, prompt_ids):
+    """Pairwise accuracy of ``pred`` against the gold order over *every* pair of responses to the
+    same prompt whose gold rewards differ:
+
+        acc = mean_{(a, b): x_a = x_b, g_a > g_b} [ 1{p_a > p_b} + 1/2 * 1{p_a = p_b} ],
+
+    each pair weighing the same (NumPy; O(sum_x m_x^2) memory per prompt)."""
+    pred, gold, prompt_ids = np.asarray(pred, np.float64), np.asarray(gold, np.float64), np.asarray(prompt_ids)
+    right, total = 0.0, 0
+    for prompt in np.unique(prompt_ids):
+        p, g = pred[prompt_ids == prompt], gold[prompt_ids == prompt]
+        better = g[:, None] > g[None, :]
+        right += float(np.sum(better * ((p[:, None] > p[None, :]) + 0.5 * (p[:, None] == p[None, :]))))
+        total += int(better.sum())
+    if total == 0:
+        raise ValueError("no two responses to one prompt have different gold rewards; accuracy is undefined")
+    return right / total
 
 
 @jax.jit

@@ -19,6 +19,7 @@ when ``prompt_ids`` is concrete (outside ``jax.jit``).
 Public API:
 - ``preference_probability``, ``label_probability``, ``annotate``, ``to_chosen_rejected``
 - ``pair_random``, ``pair_within_prompt``, ``pair_cross_prompt`` and the ``PAIRINGS`` registry
+- ``RANK_CANDIDATES``, ``pair_by_rank`` (Sun et al. 2025: one pair per prompt from gold ranks), ``label_error_rate``
 - ``uncertainty_scores``, ``uncertainty_select``, ``d_optimal_select``
 - ``simulate_preferences``
 """
@@ -202,6 +203,60 @@ def _pair_cross_prompt(key, n_pairs, prompt_ids):
     u = jax.random.randint(key_b, (n_pairs,), 0, jnp.maximum(n - group_size, 1))
     pos_b = jnp.where(u < group_start, u, u + group_size)
     return order[pos_a], order[pos_b]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairs by gold rank, one per prompt (Sun, Shen & Ton, ICLR 2025)
+#
+# Each training prompt has K responses on a [prompts, K] grid. Sun et al. sort a prompt's
+# responses by gold reward (rank 0 the lowest) and annotate one pair per prompt, its two members
+# drawn from a set of candidate ranks: any rank ("random"), the two middle ranks K/2 - 1 and K/2
+# ("similar": close rewards, hard to label), or the extremes 0 and K - 1 ("diverse"). Same-prompt
+# pairs take two distinct candidate ranks of the prompt; cross-prompt pairs take one candidate
+# rank of the prompt and one of another prompt drawn uniformly.
+
+RANK_CANDIDATES = ("random", "similar", "diverse")
+
+
+def candidate_ranks(candidates: str, k: int) -> np.ndarray:
+    """The gold ranks (0 = lowest of the prompt's ``k`` responses) a pair may use."""
+    if candidates == "random":
+        return np.arange(k)
+    if candidates == "similar":
+        return np.array([k // 2 - 1, k // 2])
+    if candidates == "diverse":
+        return np.array([0, k - 1])
+    raise ValueError(f"unknown rank candidates {candidates!r}; use one of {RANK_CANDIDATES}")
+
+
+def pair_by_rank(key, gold, num_prompts: int, candidates: str = "random", cross_prompt: bool = False):
+    """One pair for each of the first ``num_prompts`` prompts of a ``gold [prompts, K]`` grid
+    (Sun et al. 2025's pairings; see the section comment). Returns flat indices ``idx_a, idx_b
+    [num_prompts]`` into the grid (``prompt * K + response``); ``a`` is the prompt's own response."""
+    gold = np.asarray(gold)
+    if gold.ndim != 2 or gold.shape[1] < 2:
+        raise ValueError(f"gold must be a [prompts, responses] grid with at least 2 responses per prompt, got shape {gold.shape}")
+    prompts, k = gold.shape
+    if not 1 <= num_prompts <= prompts or (cross_prompt and num_prompts < 2):
+        raise ValueError(f"num_prompts={num_prompts} must be in [1, {prompts}] (at least 2 for cross-prompt pairs)")
+    ranks = candidate_ranks(candidates, k)
+    by_rank = np.argsort(gold[:num_prompts], axis=1, kind="stable")  # [prompt, rank] -> response
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    rows = np.arange(num_prompts)
+    if cross_prompt:
+        rank_a, rank_b = rng.choice(ranks, num_prompts), rng.choice(ranks, num_prompts)
+        other = (rows + 1 + rng.integers(0, num_prompts - 1, num_prompts)) % num_prompts  # uniform over the other prompts
+    else:
+        picks = np.stack([rng.choice(ranks, 2, replace=False) for _ in rows])
+        rank_a, rank_b, other = picks[:, 0], picks[:, 1], rows
+    return rows * k + by_rank[rows, rank_a], other * k + by_rank[other, rank_b]
+
+
+def label_error_rate(gold_chosen, gold_rejected) -> float:
+    """Realised label error of annotated pairs: the fraction whose chosen response has the
+    lower gold reward (a gold tie counts one half)."""
+    gold_chosen, gold_rejected = np.asarray(gold_chosen), np.asarray(gold_rejected)
+    return float(np.mean((gold_chosen < gold_rejected) + 0.5 * (gold_chosen == gold_rejected)))
 
 
 # ----------------------------------------------------------------------------------------------

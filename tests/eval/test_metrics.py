@@ -132,3 +132,53 @@ def test_best_of_n_kl():
     assert float(metrics.best_of_n_kl(2)) == pytest.approx(np.log(2) - 0.5)
     kl = np.asarray(metrics.best_of_n_kl(jnp.arange(1, 100)))
     assert np.all(np.diff(kl) > 0)
+
+
+def brute_force_subsets(proxy, gold, prompt_ids, n):
+    """Mean over prompts of the mean over every n-subset of the gold reward of its proxy argmax
+    (ties: the lower pool index wins, as ``best_of_n_exact``)."""
+    import itertools
+
+    per_prompt = []
+    for prompt in np.unique(prompt_ids):
+        members = np.flatnonzero(prompt_ids == prompt)
+        picks = [gold[max(subset, key=lambda j: (proxy[j], -j))] for subset in itertools.combinations(members, n)]
+        per_prompt.append(np.mean(picks))
+    return np.mean(per_prompt)
+
+
+def test_best_of_n_subsets_matches_enumeration_with_ties_and_uneven_prompts():
+    rng = np.random.default_rng(3)
+    prompt_ids = np.array([0] * 7 + [5] * 9 + [2] * 6)
+    rng.shuffle(prompt_ids)
+    proxy = rng.integers(0, 4, size=prompt_ids.size).astype(float)  # many ties
+    gold = rng.normal(size=prompt_ids.size)
+    ns = [1, 2, 3, 5, 6]
+    got = metrics.best_of_n_subsets(proxy, gold, ns, prompt_ids)
+    want = [brute_force_subsets(proxy, gold, prompt_ids, n) for n in ns]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    # n = 1 is the mean gold reward; n = m (one prompt) is the gold reward of the proxy's argmax.
+    single = metrics.best_of_n_subsets(proxy[:7], gold[:7], [1, 7])
+    assert single[0] == pytest.approx(gold[:7].mean())
+    assert single[1] == pytest.approx(gold[:7][np.argmax(proxy[:7])])
+
+
+def test_best_of_n_subsets_refuses_n_above_a_prompts_pool():
+    with pytest.raises(ValueError, match="needs 5 responses per prompt"):
+        metrics.best_of_n_subsets(np.zeros(8), np.zeros(8), [1, 5], np.repeat([0, 1], 4))
+
+
+def test_within_prompt_accuracy_matches_a_loop():
+    rng = np.random.default_rng(4)
+    prompt_ids = rng.integers(0, 5, size=60)
+    gold = rng.integers(0, 6, size=60).astype(float)
+    pred = gold + rng.normal(scale=2.0, size=60)
+    pred[:10] = np.round(pred[:10])  # some ties in pred
+    right = total = 0.0
+    for a in range(60):
+        for b in range(60):
+            if prompt_ids[a] == prompt_ids[b] and gold[a] > gold[b]:
+                total += 1
+                right += 1.0 if pred[a] > pred[b] else 0.5 if pred[a] == pred[b] else 0.0
+    assert metrics.within_prompt_accuracy(pred, gold, prompt_ids) == pytest.approx(right / total)
+    assert metrics.within_prompt_accuracy(gold, gold, prompt_ids) == 1.0

@@ -221,3 +221,57 @@ def test_d_optimal_skips_duplicate_that_uncertainty_sampling_repeats():
     # information), rather than an uninformative zero-difference pair.
     candidates = jnp.array([[1, 0], [1, 0], [0, 0]])
     np.testing.assert_array_equal(ann.d_optimal_select(phi, w, candidates, 2), [0, 1])
+
+
+def test_pair_by_rank_same_prompt_uses_the_named_gold_ranks():
+    rng = np.random.default_rng(0)
+    gold = rng.normal(size=(30, 10))
+    ranks = np.argsort(np.argsort(gold, axis=1), axis=1)  # [prompt, response] -> gold rank
+    for candidates, allowed in (("similar", {4, 5}), ("diverse", {0, 9}), ("random", set(range(10)))):
+        a, b = ann.pair_by_rank(jax.random.key(1), gold, 20, candidates)
+        assert np.array_equal(a // 10, np.arange(20)) and np.array_equal(b // 10, np.arange(20))  # same prompt
+        pair_ranks = {(ranks.flat[i], ranks.flat[j]) for i, j in zip(a, b)}
+        assert all(r in allowed and s in allowed and r != s for r, s in pair_ranks)
+        if candidates != "random":
+            assert {frozenset(p) for p in pair_ranks} == {frozenset(allowed)}
+    # Random candidates cover many rank pairs (uniform over the 90 ordered pairs).
+    a, b = ann.pair_by_rank(jax.random.key(2), np.tile(np.arange(10.0), (3000, 1)), 3000, "random")
+    assert len({(x % 10, y % 10) for x, y in zip(a, b)}) == 90
+
+
+def test_pair_by_rank_cross_prompt_pairs_other_prompts_uniformly():
+    gold = np.tile(np.arange(10.0), (50, 1))
+    a, b = ann.pair_by_rank(jax.random.key(3), gold, 40, "similar", cross_prompt=True)
+    assert np.array_equal(a // 10, np.arange(40))
+    assert np.all(b // 10 != a // 10) and np.all(b // 10 < 40)  # another of the first 40 prompts
+    assert set(a % 10) | set(b % 10) <= {4, 5}
+    # With 3 prompts, each prompt's partner is one of the other two, half the time each.
+    offsets = []
+    for seed in range(400):
+        a, b = ann.pair_by_rank(jax.random.key(seed), gold[:3], 3, cross_prompt=True)
+        offsets += list((b // 10 - a // 10) % 3)
+    counts = np.bincount(offsets, minlength=3)
+    assert counts[0] == 0 and abs(counts[1] - counts[2]) < 0.1 * len(offsets)
+
+
+def test_pair_by_rank_refuses_bad_grids():
+    with pytest.raises(ValueError, match="grid"):
+        ann.pair_by_rank(jax.random.key(0), np.zeros(10), 5)
+    with pytest.raises(ValueError, match="num_prompts"):
+        ann.pair_by_rank(jax.random.key(0), np.zeros((5, 10)), 6)
+    with pytest.raises(ValueError, match="unknown rank candidates"):
+        ann.pair_by_rank(jax.random.key(0), np.zeros((5, 10)), 5, "closest")
+
+
+def test_annotator_quality_error_rate_matches_its_expectation():
+    # Sun et al.'s annotator P(a > b) = sigma(q (r_a - r_b) / s): the realised error rate of many
+    # pairs is the mean of sigma(-q |dr| / s).
+    rng = np.random.default_rng(5)
+    r_a, r_b = rng.normal(size=20000), rng.normal(size=20000)
+    scale = 1.0
+    for quality in (10.0, 1.0, 0.2):
+        labels = np.asarray(ann.annotate(jax.random.key(6), r_a, r_b, quality / scale))
+        chosen, rejected = np.where(labels > 0.5, r_a, r_b), np.where(labels > 0.5, r_b, r_a)
+        expected = np.mean(1.0 / (1.0 + np.exp(quality * np.abs(r_a - r_b) / scale)))
+        assert ann.label_error_rate(chosen, rejected) == pytest.approx(expected, abs=0.01)
+    assert ann.label_error_rate([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]) == pytest.approx(0.5)

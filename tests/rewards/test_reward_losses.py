@@ -108,3 +108,31 @@ def test_process_losses_match_hand_computation():
     assert float(out.value) == pytest.approx(expected, rel=1e-6)
     out = outcome_decomposition_loss(r, mask, jnp.array([0.0, 2.0]))
     assert float(out.value) == pytest.approx(((0.5 - 1.0 - 0.0) ** 2 + (1.0 - 2.0) ** 2) / 2, rel=1e-6)
+
+
+def test_mlp_recipe_learns_a_nonlinear_reward_and_stops_early():
+    from jirl.rewards.embedding_heads import mlp_reward, train_mlp_reward
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3000, 4)).astype(np.float32)
+    truth = lambda x: np.abs(x[:, 0]) - 0.5 * x[:, 1]  # noqa: E731
+    a_wins = truth(a) > truth(b)
+    chosen, rejected = np.where(a_wins[:, None], a, b), np.where(a_wins[:, None], b, a)
+    test = rng.normal(size=(2000, 4)).astype(np.float32)
+    i, j = rng.integers(0, 2000, size=(2, 5000))
+    for loss in ("bt", "classification"):
+        layers, info = train_mlp_reward(jax.random.key(1), chosen, rejected, loss=loss, hidden=(64, 32), epochs=300,
+                                        batch_size=512, learning_rate=3e-3)
+        reward = np.asarray(mlp_reward(layers, test))
+        assert np.mean((reward[i] > reward[j]) == (truth(test)[i] > truth(test)[j])) > 0.9, loss
+        assert 4 <= int(info["epochs_run"]) <= 300
+    # A validation loss that rises from the start stops training after patience + 1 epochs:
+    # labels that are pure noise make the held-out loss grow as the MLP memorises them.
+    noise = rng.normal(size=(2, 400, 4)).astype(np.float32)
+    _, info = train_mlp_reward(jax.random.key(2), noise[0], noise[1], hidden=(256, 256), epochs=200, batch_size=64,
+                               learning_rate=1e-2, patience=3)
+    run = int(info["epochs_run"])
+    assert run < 200
+    curve = np.asarray(info["validation_loss"])[:run]
+    assert np.all(curve[-1] > curve[-4:-1])  # it stopped at the first epoch worse than the 3 before
+    assert not np.any(np.all(curve[3:-1, None] > np.stack([curve[i:i + len(curve) - 4] for i in range(3)], 1), axis=1))
