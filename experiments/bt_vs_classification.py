@@ -35,9 +35,13 @@ The paper's findings, each given a verdict from paired 95 % intervals over seeds
 2. cross-prompt pairing beats same-prompt pairing, most of all for "similar" pairs;
 3. classification's gain grows more steadily with the annotation quantity.
 
-    jirl run bt_vs_classification                       # both settings, CPU sizes (~1 h with cached generations)
+    jirl run bt_vs_classification                       # both settings, CPU sizes (see below for times)
     jirl run bt_vs_classification --set text.enabled=false
     jirl run bt_vs_classification --set preset=paper    # the paper's sizes, for an accelerator
+
+Times on a 2-core CPU (the records under results/): synthetic 110 min while other jobs shared the
+machine (the 1024-512 MLPs dominate); text 9 min once its generations are cached, and about
+1.5 h to generate and score the 7,000 replies once (``cache=``, resumable chunk by chunk).
 """
 
 from __future__ import annotations
