@@ -4,8 +4,6 @@ scores, embeddings) on a tiny Llama with a tiny trained reward model."""
 
 import gzip
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +12,9 @@ from scipy import stats
 from experiments import bt_vs_classification as btc
 from jirl.cli import main
 
-TINY_LLAMA = Path(__file__).parent / "models" / "fixtures" / "tiny_llama"
-WORDS = ["<pad>", "<unk>", "</s>", "good", "bad", "fine", "okay", "maybe"] + [f"w{i}" for i in range(20)]
+from tests import test_rm_experiment
+
+backbone = test_rm_experiment.backbone  # the rm tests' tiny Llama with a word tokenizer (a module fixture)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -131,23 +130,10 @@ def test_synthetic_study_learns_the_gold_and_reports_every_cell(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    """A tiny Llama with a word tokenizer, HH-format pairs over its words, and a reward model
-    trained on them by ``jirl run rm`` (the gold)."""
-    from tokenizers import Tokenizer as Backend
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-
+def tiny_text(backbone, tmp_path_factory):
+    """The rm tests' tiny Llama with a word tokenizer, HH-format pairs over its words, and a
+    reward model trained on them by ``jirl run rm`` (the gold)."""
     folder = tmp_path_factory.mktemp("tiny_text")
-    backbone = folder / "backbone"
-    backbone.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(TINY_LLAMA / name, backbone / name)
-    backend = Backend(WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    backend.add_special_tokens(["<pad>", "</s>"])
-    backend.save(str(backbone / "tokenizer.json"))
-    (backbone / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "pad_token": "<pad>"}))
     hh = folder / "hh"
     hh.mkdir()
     rng = np.random.default_rng(0)
