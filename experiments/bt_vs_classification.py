@@ -59,7 +59,7 @@ from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from jirl.config import ConfigError, at_least, each, finite, in_range, non_empty, positive
+from jirl.config import ConfigError, at_least, preset_over_defaults, each, finite, in_range, non_empty, positive
 from jirl.eval.form_selection import t_interval
 from jirl.eval.metrics import best_of_n_subsets, spearman_per_prompt, within_prompt_accuracy
 from jirl.experiment import RunDir, register_experiment
@@ -158,12 +158,7 @@ def apply_preset(config: BTvsCLFConfig) -> BTvsCLFConfig:
         return config
     if config.preset != "paper":
         raise ConfigError(f"preset={config.preset!r}: use 'cpu' (the default) or 'paper'")
-    defaults = BTvsCLFConfig()
-    for dotted, value in PAPER_PRESET.items():
-        section, field = dotted.split(".")
-        if getattr(getattr(config, section), field) == getattr(getattr(defaults, section), field):
-            setattr(getattr(config, section), field, value)
-    return config
+    return preset_over_defaults(config, PAPER_PRESET)
 
 
 def check_config(config: BTvsCLFConfig) -> None:
@@ -341,7 +336,10 @@ def text_pool(config: BTvsCLFConfig, cache: Path, console=None) -> dict:
                          response_len=np.asarray(out.response_lens)[:keep], gold=np.asarray(scores, np.float32)[:keep])
                 tmp.replace(path)
             progress.advance(bar)
-    parts = [np.load(folder / f"chunk-{i:05d}.npz") for i in range(len(chunks))]
+    parts = []
+    for i in range(len(chunks)):
+        with np.load(folder / f"chunk-{i:05d}.npz") as chunk:
+            parts.append({k: chunk[k] for k in chunk.files})
     data = {k: np.concatenate([p[k] for p in parts]) for k in ("tokens", "prompt_len", "response_len", "gold")}
     replies = [base.tokenizer.decode(t[p : p + n].tolist()) for t, p, n in zip(data["tokens"], data["prompt_len"], data["response_len"])]
     texts = [f"Human: {text}\n\nAssistant: {reply}" for (text, _), reply in zip(requests, replies)]
@@ -420,14 +418,14 @@ def run_cell(config: BTvsCLFConfig, pool: dict, cell: tuple[str, float, int], tr
     rejected = np.stack([pool["train_x"][r] for _, r, _ in annotated])
     out = {"label_error": [e for _, _, e in annotated]}
     fit_keys = jnp.stack([jax.random.fold_in(k, 1) for k in keys])
+    test_x = jnp.asarray(pool["test_x"])  # on the device once for every method and seed
     for method in config.methods:
         if method == "clf_gbdt":
             scores = [tree_rewards(fit_tree_classifier(chosen[s], rejected[s], seed=s, settings=config.trees), pool["test_x"])
                       for s in range(config.num_seeds)]
         else:
             layers, _ = trainers[method](fit_keys, jnp.asarray(chosen), jnp.asarray(rejected))
-            scores = [np.asarray(mlp_reward(jax.tree_util.tree_map(lambda x, s=s: x[s], layers), jnp.asarray(pool["test_x"])))
-                      for s in range(config.num_seeds)]
+            scores = list(np.asarray(jax.vmap(mlp_reward, in_axes=(0, None))(layers, test_x)))  # [seeds, T * M]
         out[method] = [evaluate_reward(s, pool, ns) for s in scores]
     return out
 

@@ -44,7 +44,7 @@ from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from jirl.models.pretrained import pretrained_model
-from jirl.config import ConfigError, at_least, finite, non_negative, positive, registered
+from jirl.config import ConfigError, at_least, finite, non_negative, positive, preset_over_defaults, registered
 from jirl.data.preferences import HHPreferences, assign_split, hh_last_human_turn, read_hh_pairs
 from jirl.experiment import RunDir, register_experiment
 from jirl.mdp.sampler import SamplingConfig, generate
@@ -103,9 +103,7 @@ def apply_preset(config: HHRLHFConfig) -> HHRLHFConfig:
         return config
     if config.preset != "gpu":
         raise ConfigError(f"preset={config.preset!r} is not one of ('cpu', 'gpu')")
-    defaults = HHRLHFConfig()
-    changes = {k: v for k, v in GPU_PRESET.items() if getattr(config, k) == getattr(defaults, k)}
-    return dataclasses.replace(config, **changes)
+    return preset_over_defaults(config, GPU_PRESET)
 
 
 def rm_text(human_turn: str, response: str) -> str:

@@ -279,16 +279,9 @@ class RLExperimentConfig:
 
 def apply_preset(config: RLExperimentConfig) -> RLExperimentConfig:
     """``preset=gpu`` sets ``GPU_PRESET``'s keys that still hold their CPU defaults."""
-    from jirl.config import replace_path
+    from jirl.config import preset_over_defaults
 
-    if config.preset == "cpu":
-        return config
-    defaults = RLExperimentConfig()
-    for key, value in GPU_PRESET.items():
-        path = key.split(".")
-        if functools.reduce(getattr, path, config) == functools.reduce(getattr, path, defaults):
-            config = replace_path(config, path, value)
-    return config
+    return config if config.preset == "cpu" else preset_over_defaults(config, GPU_PRESET)
 
 
 # --------------------------------------------------------------------------- prompts as a task

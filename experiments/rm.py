@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jirl.config import ConfigError, config_to_dict, JirlError, at_least, finite, in_range, non_negative, positive, registered
+from jirl.config import ConfigError, config_to_dict, JirlError, preset_over_defaults, at_least, finite, in_range, non_negative, positive, registered
 from jirl.data.chat_tokenize import ChatTokenization, tokenize_preference_row
 from jirl.data.conversations import PreferenceRow
 from jirl.data.formats import read_rows
@@ -137,23 +137,7 @@ class RMConfig:
 
 def apply_preset(config: RMConfig) -> RMConfig:
     """``preset=gpu`` sets ``GPU_PRESET``'s (dotted) fields that still hold their CPU defaults."""
-    if config.preset == "cpu":
-        return config
-    defaults = RMConfig()
-    changes: dict[str, dict] = {}
-    for dotted, value in GPU_PRESET.items():
-        *parents, name = dotted.split(".")
-        current, default = config, defaults
-        for part in parents:
-            current, default = getattr(current, part), getattr(default, part)
-        if getattr(current, name) == getattr(default, name):
-            changes.setdefault(".".join(parents), {})[name] = value
-    for path, fields in changes.items():
-        if path:
-            config = dataclasses.replace(config, **{path: dataclasses.replace(getattr(config, path), **fields)})
-        else:
-            config = dataclasses.replace(config, **fields)
-    return config
+    return config if config.preset == "cpu" else preset_over_defaults(config, GPU_PRESET)
 
 
 def check_config(config: RMConfig) -> None:

@@ -354,6 +354,18 @@ def replace_path(config: C, path: list[str], value: Any) -> C:
     return dataclasses.replace(config, **{name: value})
 
 
+def preset_over_defaults(config: C, preset: Mapping[str, Any]) -> C:
+    """``config`` with each dotted key of ``preset`` set to its value where the field still holds
+    its default (that of ``type(config)()``): a preset (``--set preset=gpu``) sizes a run up
+    without overriding what the user set explicitly."""
+    defaults = type(config)()
+    for key, value in preset.items():
+        path = key.split(".")
+        if functools.reduce(getattr, path, config) == functools.reduce(getattr, path, defaults):
+            config = replace_path(config, path, value)
+    return config
+
+
 # --------------------------------------------------------------------------- dicts
 
 

@@ -204,16 +204,7 @@ def _forms(forms) -> dict[str, Form]:
 
 
 def _check_curve(d, r, d_fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    d = np.asarray(d, dtype=np.float64)
-    r = np.asarray(r, dtype=np.float64)
-    if d.ndim != 1 or r.ndim != 1:
-        raise ValueError(f"d and r must be 1-D arrays, got shapes {d.shape} and {r.shape}")
-    if d.shape != r.shape:
-        raise ValueError(f"d and r must have the same length, got {d.shape[0]} and {r.shape[0]}")
-    if not (np.all(np.isfinite(d)) and np.all(np.isfinite(r))):
-        raise ValueError("d and r must be finite (no nan or inf)")
-    if np.any(d < 0):
-        raise ValueError(f"d = sqrt(KL) must be >= 0, got min {d.min():g}")
+    d, r = scaling.check_curve(d, r)
     if not (isinstance(d_fit, (int, float, np.floating, np.integer)) and math.isfinite(d_fit) and d_fit > 0):
         raise ValueError(f"d_fit must be a finite number > 0, got {d_fit!r}")
     inside = d <= d_fit

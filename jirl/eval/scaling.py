@@ -14,7 +14,7 @@ Both are linear in (alpha, beta), so each fit is an ordinary least-squares probl
 intercept. Everything here is plain NumPy on small 1-D arrays (curves of tens to thousands of
 points); nothing is jitted.
 
-Public API: ``fit_bon``, ``fit_rl``, ``r_squared``, ``predict``, ``peak``, ``observed_peak``.
+Public API: ``fit_bon``, ``fit_rl``, ``r_squared``, ``predict``, ``peak``, ``observed_peak``, ``check_curve``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ import numpy as np
 FORMS = ("bon", "rl")
 
 
-def _check_curve(d, r) -> tuple[np.ndarray, np.ndarray]:
+def check_curve(d, r) -> tuple[np.ndarray, np.ndarray]:
+    """``d, r`` as float64 arrays, or a ValueError naming what makes them no over-optimisation
+    curve: not 1-D, unequal lengths, fewer than 3 points, non-finite values, ``d < 0``, or fewer
+    than 2 distinct positive ``d``."""
     d = np.asarray(d, dtype=np.float64)
     r = np.asarray(r, dtype=np.float64)
     if d.ndim != 1 or r.ndim != 1:
@@ -81,7 +84,7 @@ def predict(form: str, d, alpha: float, beta: float) -> np.ndarray:
 
 
 def _fit(form: str, d, r) -> dict[str, float]:
-    d, r = _check_curve(d, r)
+    d, r = check_curve(d, r)
     features = _features(form, d)
     (alpha, beta), *_ = np.linalg.lstsq(features, r, rcond=None)
     return {"alpha": float(alpha), "beta": float(beta), "r2": r_squared(r, features @ np.array([alpha, beta]))}
